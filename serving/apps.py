@@ -1,0 +1,274 @@
+"""Eval apps: finding them, importing them inside the `evals` namespace, and running them.
+
+Two layouts are served:
+
+- apps: `DIR/<app>/eval.py` (+ optional `app.json`, sibling modules, model files); the folder name is the app
+  name; the app's code imports its siblings as `evals.<app>.<module>` (a name that is not a Python identifier,
+  such as `text-detection`, is importable as `evals.text_detection`);
+- classic: `DIR/eval.py` with sibling code under `DIR/src/`, imported as `evals.eval` and `evals.src.*`, served
+  under the name given on the command line (`--app-name`).
+
+In both, DIR is appended to `evals.__path__`, so any shared package under it is importable as `evals.<name>`;
+`evals.utils` always resolves to the runtime's own eval API.
+
+An app that fails to import or whose create_net fails is FAILED with its reason: it is logged, its health is
+NOT_SERVING and its requests get 503 with the reason; the other apps keep serving.
+"""
+import asyncio
+import concurrent.futures
+import importlib
+import importlib.machinery
+import importlib.util
+import logging
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from serving import metrics
+from serving.batcher import Batcher
+from serving.config import ConfigError, load_app_config
+from serving.errors import NOT_FOUND, UNAVAILABLE, ServingError, is_ok
+
+log = logging.getLogger("serving.apps")
+
+READY, LOADING, FAILED, STUCK, STOPPED = "READY", "LOADING", "FAILED", "STUCK", "STOPPED"
+METHODS = ("inference",)
+
+# Folder names under an evals dir that are not apps.
+_RESERVED = {"utils", "src", "__pycache__"}
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def module_name_for(app):
+    """The package name an app folder is imported under: `evals.<app>` with non-identifier characters as _."""
+    return "evals." + re.sub(r"\W", "_", app)
+
+
+def discover(evals_dir, classic_name=None):
+    """[(app name, app folder, package name or None for the classic layout)] of an evals dir, sorted by name."""
+    evals_dir = Path(evals_dir).resolve()
+    if not evals_dir.is_dir():
+        raise ConfigError(f"evals dir not found: {evals_dir}")
+    if (evals_dir / "eval.py").is_file():
+        if not classic_name:
+            raise ConfigError(f"{evals_dir} holds eval.py (classic single-app layout): name the app with --app-name")
+        return [(classic_name, evals_dir, None)]
+    found, packages = [], {}
+    for folder in sorted(evals_dir.iterdir()):
+        if not folder.is_dir() or folder.name in _RESERVED or folder.name.startswith((".", "_")):
+            continue
+        if not (folder / "eval.py").is_file():
+            continue
+        if not _APP_NAME.match(folder.name):
+            raise ConfigError(f"app folder name {folder.name!r} is not a valid app name")
+        package = module_name_for(folder.name)
+        if package in packages:
+            raise ConfigError(f"app folders {packages[package]!r} and {folder.name!r} import as the same {package}")
+        packages[package] = folder.name
+        found.append((folder.name, folder, package))
+    return found
+
+
+def _add_to_evals_path(evals_dir):
+    import evals
+
+    entry = str(evals_dir)
+    if entry not in evals.__path__:
+        evals.__path__.append(entry)
+
+
+def _forget_modules(prefix):
+    for name in [n for n in sys.modules if n == prefix or n.startswith(prefix + ".")]:
+        del sys.modules[name]
+
+
+def import_eval_module(app_dir, package):
+    """Import `app_dir/eval.py`: as `<package>.eval` with the folder as package `package`, or as `evals.eval`
+    for the classic layout (package None). A fresh import each time (reload re-reads the code)."""
+    import evals
+
+    if package is None:
+        _forget_modules("evals.eval")
+        _forget_modules("evals.src")
+        return importlib.import_module("evals.eval")
+    _forget_modules(package)
+    init = app_dir / "__init__.py"
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(app_dir)])
+    else:
+        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        spec.submodule_search_locations = [str(app_dir)]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module
+    if spec.loader is not None:
+        spec.loader.exec_module(module)
+    setattr(evals, package.split(".", 1)[1], module)
+    return importlib.import_module(package + ".eval")
+
+
+def _short_reason(exc):
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+class App:
+    """One eval app: its settings, its module, the model create_net made, and its batcher.
+
+    create_net, every net_inference call and nothing else run on the app's one inference thread, so GPU
+    contexts and thread-locals made by create_net stay valid. net_preprocess runs on a pool of its own.
+    """
+
+    def __init__(self, name, app_dir, package):
+        self.name = name
+        self.app_dir = Path(app_dir)
+        self.package = package
+        self.state = LOADING
+        self.reason = ""
+        self.config = None
+        self.model = None
+        self.module = None
+        self.batcher = None
+        self._inference_executor = None
+        self._preprocess_executor = None
+        self._ctx = None
+
+    # ---- loading ---------------------------------------------------------------------------------------------
+
+    async def load(self):
+        """Import eval.py and run create_net on the inference thread; on failure the app is FAILED."""
+        loop = asyncio.get_running_loop()
+        try:
+            self.config = load_app_config(self.app_dir)
+            log.info("app %s: effective settings %s", self.name, self.config.to_dict())
+            self._inference_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"infer-{self.name}")
+            await loop.run_in_executor(self._inference_executor, self._load_on_inference_thread)
+        except ConfigError as exc:
+            return self._fail(exc.message)
+        except _LoadError as exc:
+            return self._fail(str(exc))
+        except Exception as exc:  # an eval's import can raise anything
+            log.error("app %s: import of eval.py failed\n%s", self.name, traceback.format_exc())
+            return self._fail(f"import of eval.py failed: {_short_reason(exc)}")
+        preprocess = None
+        if getattr(self.module, "net_preprocess", None) is not None:
+            preprocess = self._preprocess
+            if self.config.preprocess_workers:
+                self._preprocess_executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.config.preprocess_workers, thread_name_prefix=f"pre-{self.name}")
+        self.batcher = Batcher(self.name, self.config, self._run_batch, self._inference_executor,
+                               preprocess=preprocess, preprocess_executor=self._preprocess_executor)
+        self.batcher.start()
+        self.state = READY
+        metrics.APP_READY.labels(self.name).set(1)
+        log.info("app %s: ready (batch_size=%d)", self.name, self.config.batch_size)
+        return self
+
+    def _fail(self, reason):
+        self.state = FAILED
+        self.reason = reason
+        metrics.APP_READY.labels(self.name).set(0)
+        log.error("app %s: FAILED: %s", self.name, reason)
+        if self._inference_executor is not None:
+            self._inference_executor.shutdown(wait=False)
+        return self
+
+    def _load_on_inference_thread(self):
+        from evals.utils import CTX
+
+        self._ctx = CTX
+        self.module = import_eval_module(self.app_dir, self.package)
+        for required in ("create_net", "net_inference"):
+            if not callable(getattr(self.module, required, None)):
+                raise _LoadError(f"eval.py defines no {required}()")
+        configs = self.config.create_net_configs(self.name, self.app_dir)
+        output = self.module.create_net(configs)
+        if not isinstance(output, (tuple, list)) or len(output) != 3:
+            raise _LoadError(f"create_net must return (model, code, message), got {type(output).__name__}")
+        model, code, message = output
+        if not is_ok(code):
+            raise _LoadError(f"create_net failed with code {code}: {message}")
+        self.model = model
+
+    # ---- running ---------------------------------------------------------------------------------------------
+
+    def _bind(self, reqid):
+        self._ctx.app = self.name
+        self._ctx.reqID = reqid
+
+    def _run_batch(self, requests, reqids):
+        self._bind(",".join(reqids))
+        return self.module.net_inference(self.model, requests)
+
+    def _preprocess(self, request, reqid):
+        self._bind(reqid)
+        return self.module.net_preprocess(self.model, request)
+
+    @property
+    def effective_state(self):
+        if self.state == READY and self.batcher is not None and self.batcher.stuck_for() > 0:
+            return STUCK
+        return self.state
+
+    async def infer(self, requests, reqids, timeout):
+        """One Outcome per eval request; ServingError for failures of the whole call."""
+        if self.state != READY:
+            reason = f": {self.reason}" if self.reason else ""
+            raise ServingError(UNAVAILABLE, f"app {self.name} is {self.state}{reason}")
+        return await self.batcher.submit(requests, reqids, timeout)
+
+    def info(self):
+        return {
+            "name": self.name,
+            "state": self.effective_state,
+            "reason": self.reason if self.state == FAILED else (
+                "net_inference is running past inference_timeout_s" if self.effective_state == STUCK else ""),
+            "config": self.config.to_dict() if self.config else {},
+            "methods": list(METHODS),
+        }
+
+    async def close(self):
+        if self.batcher is not None:
+            await self.batcher.stop()
+        for executor in (self._preprocess_executor, self._inference_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+        if self.state != FAILED:
+            self.state = STOPPED
+        metrics.APP_READY.labels(self.name).set(0)
+
+
+class _LoadError(Exception):
+    """create_net or the module's shape refused the app; the message is the reason shown to clients."""
+
+
+class AppRegistry:
+    """The apps of one evals dir, by name."""
+
+    def __init__(self, evals_dir, classic_name=None):
+        self.evals_dir = Path(evals_dir).resolve()
+        self.classic_name = classic_name
+        self.apps = {}
+
+    async def load_all(self, strict=False):
+        """Load every app of the evals dir; with `strict`, the first FAILED app raises ConfigError."""
+        found = discover(self.evals_dir, self.classic_name)
+        _add_to_evals_path(self.evals_dir)
+        for name, folder, package in found:
+            app = App(name, folder, package)
+            self.apps[name] = app
+            await app.load()
+            if strict and app.state == FAILED:
+                raise ConfigError(f"app {name} failed to load: {app.reason}")
+        return self.apps
+
+    def get(self, name):
+        app = self.apps.get(name)
+        if app is None:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise ServingError(NOT_FOUND, f"unknown app {name!r}; apps served: {known}")
+        return app
+
+    async def close(self):
+        for app in self.apps.values():
+            await app.close()

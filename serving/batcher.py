@@ -1,0 +1,238 @@
+"""The per-app batch loop.
+
+Requests wait in a bounded queue (counted in images). The loop blocks for the first waiting request, then takes
+more until the batch holds `batch_size` images or the app's window, counted from that first request, has
+passed. It does not wait when no other request is on its way (none waiting, none in preprocessing): batching
+then costs no latency. Requests whose caller cancelled or whose deadline passed are dropped before
+`net_inference`. One call of `run_batch` at a time, on the app's single inference thread.
+"""
+import asyncio
+import collections
+import logging
+
+from serving import batching, metrics
+from serving.errors import BAD_REQUEST, GATEWAY_TIMEOUT, TOO_MANY_REQUESTS, UNAVAILABLE, ServingError
+
+log = logging.getLogger("serving.batcher")
+
+
+class _Item:
+    """One eval request on its way through the batcher."""
+
+    __slots__ = ("request", "n_images", "future", "deadline", "reqid")
+
+    def __init__(self, request, n_images, future, deadline, reqid):
+        self.request = request
+        self.n_images = n_images
+        self.future = future
+        self.deadline = deadline
+        self.reqid = reqid
+
+
+def _resolve(future, outcome):
+    if not future.done():
+        future.set_result(outcome)
+
+
+class Batcher:
+    """Forms batches for one app and runs them.
+
+    `run_batch(requests, reqids)` and `preprocess(request, reqid)` are blocking callables: the first runs on
+    `inference_executor` (one thread: calls never overlap and stay on the thread that ran create_net), the
+    second per request on `preprocess_executor`, overlapping the inference of earlier batches.
+    """
+
+    def __init__(self, app, config, run_batch, inference_executor, preprocess=None, preprocess_executor=None):
+        self.app = app
+        self.batch_size = config.batch_size
+        self.window = config.batch_window_ms / 1000.0
+        self.capacity = config.queue_size
+        self.inference_timeout = config.inference_timeout_s
+        self._run_batch = run_batch
+        self._inference_executor = inference_executor
+        self._preprocess = preprocess
+        self._preprocess_executor = preprocess_executor
+        self._waiting = collections.deque()
+        self._arrived = None
+        self._admitted = 0          # images admitted and not yet answered
+        self._preprocessing = 0     # requests still in net_preprocess
+        self._running_since = None  # loop time at which the current net_inference call started
+        self._task = None
+        self._loop = None
+        self._depth = metrics.QUEUE_DEPTH.labels(app)
+        self._batch_sizes = metrics.BATCH_SIZE.labels(app)
+        self._inference_seconds = metrics.INFERENCE_LATENCY.labels(app)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self):
+        self._loop = asyncio.get_running_loop()
+        self._arrived = asyncio.Event()
+        self._task = self._loop.create_task(self._run_forever(), name=f"batcher-{self.app}")
+
+    async def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._waiting:
+            _resolve(self._waiting.popleft().future,
+                     batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down"))
+
+    @property
+    def pending(self):
+        """Images admitted and not yet answered."""
+        return self._admitted
+
+    def stuck_for(self):
+        """Seconds the current net_inference call has run past inference_timeout_s, or 0."""
+        if self._running_since is None or self._loop is None:
+            return 0.0
+        over = self._loop.time() - self._running_since - self.inference_timeout
+        return over if over > 0 else 0.0
+
+    # ---- submission ------------------------------------------------------------------------------------------
+
+    async def submit(self, requests, reqids, timeout):
+        """Run eval requests through the batcher; returns one Outcome per request, in order.
+
+        Raises ServingError: 429 when the queue cannot take them all (nothing is admitted then), 503 when the
+        app is stuck, 504 when `timeout` seconds pass first.
+        """
+        loop = self._loop
+        if self._task is None or self._task.done():
+            raise ServingError(UNAVAILABLE, f"app {self.app} is not running")
+        stuck = self.stuck_for()
+        if stuck:
+            raise ServingError(UNAVAILABLE, f"app {self.app} is stuck: net_inference has run "
+                                            f"{stuck + self.inference_timeout:.1f}s "
+                                            f"(inference_timeout_s={self.inference_timeout:g})")
+        sizes = [batching.count_images(r) for r in requests]
+        for size in sizes:
+            if size > self.batch_size:
+                raise ServingError(BAD_REQUEST, f"a request of {size} images is over the batch_size of app "
+                                        f"{self.app} ({self.batch_size})")
+        images = sum(sizes)
+        if images > self.capacity:
+            raise ServingError(BAD_REQUEST, f"a call of {images} images can never fit the queue of app {self.app} "
+                                    f"(queue_size {self.capacity}); split it")
+        if self._admitted + images > self.capacity:
+            raise ServingError(TOO_MANY_REQUESTS, f"app {self.app} queue is full ({self._admitted} of "
+                                                  f"{self.capacity} images waiting); retry later")
+        deadline = loop.time() + timeout
+        items = [_Item(r, n, loop.create_future(), deadline, reqid) for r, n, reqid in zip(requests, sizes, reqids)]
+        self._admitted += images
+        self._depth.set(self._admitted)
+        for item in items:
+            item.future.add_done_callback(self._release(item.n_images))
+            if self._preprocess is None:
+                self._enqueue(item)
+            else:
+                self._preprocessing += 1
+                loop.create_task(self._run_preprocess(item))
+        futures = [item.future for item in items]
+        try:
+            done, _ = await asyncio.wait(futures, timeout=timeout)
+        finally:
+            # The caller is gone (cancelled) or the deadline passed: the loop drops what is still pending.
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        if len(done) < len(futures):
+            raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
+        return [future.result() for future in futures]
+
+    def _release(self, n_images):
+        def release(_future):
+            self._admitted -= n_images
+            self._depth.set(self._admitted)
+        return release
+
+    def _enqueue(self, item):
+        self._waiting.append(item)
+        self._arrived.set()
+
+    async def _run_preprocess(self, item):
+        try:
+            if item.future.done():
+                return
+            output = await self._loop.run_in_executor(self._preprocess_executor, self._preprocess,
+                                                      item.request, item.reqid)
+            failure = batching.preprocess_failure(output)
+            if failure is not None:
+                _resolve(item.future, failure)
+            else:
+                item.request = output[0]
+                self._enqueue(item)
+        except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
+            _resolve(item.future, batching.exception_outcomes(1, exc)[0])
+        finally:
+            self._preprocessing -= 1
+            self._arrived.set()  # the loop may be waiting for this request to arrive
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+
+    async def _next_batch(self):
+        """Block for the first request, then drain until full, or until the window from that first request
+        has passed, or until no other request is on its way."""
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        window_ends = self._loop.time() + self.window
+        batch, images = batching.take_batch(self._waiting, self.batch_size)
+        while images < self.batch_size:
+            if self._waiting:
+                break  # the next request does not fit: it starts the next batch
+            if not self._preprocessing:
+                break  # nothing else on its way: don't wait
+            remaining = window_ends - self._loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+            more, more_images = batching.take_batch(self._waiting, self.batch_size - images)
+            batch += more
+            images += more_images
+        return batch
+
+    def _live(self, batch):
+        now = self._loop.time()
+        live = []
+        for item in batch:
+            if item.future.done():
+                continue  # the caller cancelled or gave up
+            if item.deadline <= now:
+                _resolve(item.future, batching.Outcome(code=GATEWAY_TIMEOUT,
+                                                       message="deadline passed before inference"))
+                continue
+            live.append(item)
+        return live
+
+    async def _run_forever(self):
+        while True:
+            batch = self._live(await self._next_batch())
+            if not batch:
+                continue
+            requests = [item.request for item in batch]
+            reqids = [item.reqid for item in batch]
+            self._batch_sizes.observe(sum(item.n_images for item in batch))
+            self._running_since = self._loop.time()
+            try:
+                output = await self._loop.run_in_executor(self._inference_executor, self._run_batch,
+                                                          requests, reqids)
+                outcomes = batching.split_outcomes(output, len(batch))
+            except Exception as exc:
+                log.exception("app %s: net_inference raised", self.app)
+                outcomes = batching.exception_outcomes(len(batch), exc)
+            finally:
+                self._inference_seconds.observe(self._loop.time() - self._running_since)
+                self._running_since = None
+            for item, outcome in zip(batch, outcomes):
+                _resolve(item.future, outcome)
+

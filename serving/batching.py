@@ -1,0 +1,102 @@
+"""Merge and split of batches: pure functions, testable without an event loop or a server.
+
+A batch is a list of eval requests handed to `net_inference` in one call. `take_batch` forms it from the
+waiting queue; `split_outcomes` turns what `net_inference` returned into one `Outcome` per request.
+"""
+import dataclasses
+
+from serving.errors import EXCEPTION, INTERNAL, is_ok
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one request of a batch ended with: code 0 and a result, or a failure code and message."""
+
+    code: int = 0
+    message: str = ""
+    result: object = None
+    body: bytes = b""
+    header: object = None
+
+    @property
+    def ok(self):
+        return self.code == 0
+
+
+def count_images(request):
+    """Images in an eval request: a multi-image request (data is a list) counts each of its images."""
+    data = request.get("data")
+    return len(data) if isinstance(data, list) else 1
+
+
+def take_batch(waiting, batch_size):
+    """Pop requests from the front of `waiting` (a deque of items with `.n_images`) while the batch holds at
+    most `batch_size` images; keeps the queue's order. Returns (items, images)."""
+    batch, images = [], 0
+    while waiting and images + waiting[0].n_images <= batch_size:
+        item = waiting.popleft()
+        batch.append(item)
+        images += item.n_images
+    return batch, images
+
+
+def fail_all(n, code, message):
+    return [Outcome(code=code, message=message) for _ in range(n)]
+
+
+def _ret_outcome(index, ret):
+    if not isinstance(ret, dict):
+        return Outcome(code=INTERNAL, message=f"net_inference ret {index} is a {type(ret).__name__}, not a dict")
+    code = ret.get("code", 0)
+    if code is None:
+        code = 0
+    if isinstance(code, bool) or not isinstance(code, int):
+        return Outcome(code=INTERNAL, message=f"net_inference ret {index} has a non-integer code {code!r}")
+    message = ret.get("message") or ""
+    if not is_ok(code):
+        return Outcome(code=code, message=str(message) or f"eval failed with code {code}")
+    body = ret.get("body") or b""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return Outcome(code=0, message=str(message), result=ret.get("result"), body=bytes(body),
+                   header=ret.get("header"))
+
+
+def split_outcomes(output, n_requests):
+    """One Outcome per request from net_inference's `(rets, code, message)`.
+
+    A code other than 0/200 with a non-empty message fails every request of the batch with that code;
+    otherwise each ret's own code counts. Rets that do not match the requests one to one fail the batch (500).
+    """
+    if not isinstance(output, (tuple, list)) or len(output) != 3:
+        return fail_all(n_requests, INTERNAL,
+                        f"net_inference must return (rets, code, message), got {type(output).__name__}")
+    rets, code, message = output
+    if isinstance(code, bool) or not isinstance(code, int):
+        return fail_all(n_requests, INTERNAL, f"net_inference returned a non-integer code {code!r}")
+    if not is_ok(code) and message:
+        return fail_all(n_requests, code, str(message))
+    if not isinstance(rets, (list, tuple)) or len(rets) != n_requests:
+        got = f"{len(rets)} rets" if isinstance(rets, (list, tuple)) else f"rets of type {type(rets).__name__}"
+        return fail_all(n_requests, INTERNAL, f"net_inference returned {got} for {n_requests} requests")
+    return [_ret_outcome(i, ret) for i, ret in enumerate(rets)]
+
+
+def preprocess_failure(output):
+    """None when net_preprocess's `(request, code, message)` succeeded, else the Outcome its request fails with."""
+    if not isinstance(output, (tuple, list)) or len(output) != 3:
+        return Outcome(code=INTERNAL,
+                       message=f"net_preprocess must return (request, code, message), got {type(output).__name__}")
+    request, code, message = output
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        return Outcome(code=INTERNAL, message=f"net_preprocess returned a non-integer code {code!r}")
+    if code is not None and not is_ok(code):
+        return Outcome(code=code, message=str(message) or f"net_preprocess failed with code {code}")
+    if not isinstance(request, dict):
+        return Outcome(code=INTERNAL, message=f"net_preprocess returned a {type(request).__name__}, not a request dict")
+    return None
+
+
+def exception_outcomes(n_requests, exc):
+    """Every request of a batch fails with 599 and the exception's text when a handler raised."""
+    return fail_all(n_requests, EXCEPTION, str(exc) or type(exc).__name__)

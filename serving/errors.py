@@ -1,0 +1,102 @@
+"""The error vocabulary of the runtime, and its one mapping to gRPC status.
+
+Codes are the eval contract's integers: 0 OK (200 accepted as OK from evals); 4xx the request or image is
+wrong; 5xx inference failed; 57x retryable; 599 an exception escaped a handler. Every transport maps codes to
+gRPC status through `grpc_status_for` and carries the numeric code in trailing metadata `CODE_METADATA_KEY`.
+"""
+import grpc
+
+OK = 0
+
+BAD_REQUEST = 400
+UNAUTHENTICATED = 401
+FORBIDDEN = 403
+NOT_FOUND = 404
+REQUEST_TIMEOUT = 408
+PAYLOAD_TOO_LARGE = 413
+TOO_MANY_REQUESTS = 429
+INTERNAL = 500
+NOT_IMPLEMENTED = 501
+UNAVAILABLE = 503
+GATEWAY_TIMEOUT = 504
+RETRYABLE = 570
+CLIENT_CLOSED = 499
+EXCEPTION = 599
+
+CODE_METADATA_KEY = "serving-code"
+REQUEST_ID_METADATA_KEY = "x-request-id"
+
+_EXACT_STATUS = {
+    BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    REQUEST_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    PAYLOAD_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
+    TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NOT_IMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    GATEWAY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def is_ok(code):
+    """Evals report success as 0 or 200."""
+    return code in (0, 200)
+
+
+def is_retryable(code):
+    """57x are retryable by the eval contract; 429 (queue full) and 503 (app unavailable) are too."""
+    return 570 <= code <= 579 or code in (TOO_MANY_REQUESTS, UNAVAILABLE)
+
+
+def grpc_status_for(code):
+    """The gRPC status of a serving code: the one table every transport uses."""
+    if is_ok(code):
+        return grpc.StatusCode.OK
+    if code in _EXACT_STATUS:
+        return _EXACT_STATUS[code]
+    if 570 <= code <= 579:
+        return grpc.StatusCode.UNAVAILABLE
+    if 400 <= code <= 499:
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def code_for_grpc_status(status):
+    """The serving code a client reports for a gRPC status that carried no serving code: an error of the
+    transport, not of the runtime (which always sends its code). RESOURCE_EXHAUSTED without a code is gRPC's own
+    message-size limit, hence 413; the runtime's full queue arrives with 429 in metadata."""
+    return {
+        grpc.StatusCode.INVALID_ARGUMENT: BAD_REQUEST,
+        grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED: FORBIDDEN,
+        grpc.StatusCode.NOT_FOUND: NOT_FOUND,
+        grpc.StatusCode.DEADLINE_EXCEEDED: GATEWAY_TIMEOUT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: PAYLOAD_TOO_LARGE,
+        grpc.StatusCode.UNIMPLEMENTED: NOT_IMPLEMENTED,
+        grpc.StatusCode.UNAVAILABLE: UNAVAILABLE,
+        grpc.StatusCode.CANCELLED: CLIENT_CLOSED,
+    }.get(status, INTERNAL)
+
+
+class ServingError(Exception):
+    """A failure with a serving code, raised anywhere in the runtime and turned into a status in one place."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = int(code)
+        self.message = str(message)
+
+    def __repr__(self):
+        return f"ServingError({self.code}, {self.message!r})"
+
+
+async def abort_with(context, code, message, request_id=None):
+    """End a grpc.aio call with the status of `code`, `message` as details, the code (and the request id) in
+    trailing metadata. This is the one place where serving codes become gRPC status."""
+    trailing = [(CODE_METADATA_KEY, str(code))]
+    if request_id:
+        trailing.append((REQUEST_ID_METADATA_KEY, request_id))
+    context.set_trailing_metadata(tuple(trailing))
+    await context.abort(grpc_status_for(code), message)

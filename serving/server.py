@@ -1,0 +1,114 @@
+"""The gRPC server: the native inference service, grpc.health.v1 (overall and per app), server reflection and
+Prometheus metrics, with graceful shutdown on SIGTERM/SIGINT."""
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving import metrics
+from serving.apps import READY, AppRegistry
+from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.dataplane import DataPlane
+from serving.proto import inference_pb2, inference_pb2_grpc
+from serving.servicers.native import NativeServicer
+
+log = logging.getLogger("serving.server")
+
+NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+_HEALTH_INTERVAL_S = 0.25
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ServingServer:
+    """Serves the apps of an evals dir on one port.
+
+    Health: service "" (overall) is SERVING once the apps are loaded and until shutdown begins; each app name is
+    a service of its own, SERVING while the app is READY and NOT_SERVING while it is FAILED, STUCK or stopped.
+    """
+
+    def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
+                 max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False):
+        self.registry = AppRegistry(evals_dir, classic_name=app_name)
+        self.dataplane = DataPlane(self.registry)
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self.metrics_port = metrics_port
+        self.strict = strict
+        self.health = health.aio.HealthServicer()
+        self._server = None
+        self._health_task = None
+
+    async def start(self):
+        """Bind the port (0: an OS-assigned one, then in self.port), start serving, then load the apps."""
+        options = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]
+        self._server = grpc.aio.server(options=options)
+        inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (NATIVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        if not self.port:
+            raise OSError(f"cannot bind {self.host}:{self.port}")
+        await self.health.set("", _NOT_SERVING)
+        await self._server.start()
+        if self.metrics_port is not None:
+            self.metrics_port = metrics.serve_metrics(self.metrics_port, self.host)
+            log.info("metrics on http://%s:%d/metrics", self.host, self.metrics_port)
+        log.info("listening on %s:%d", self.host, self.port)
+        try:
+            await self.registry.load_all(strict=self.strict)
+        except Exception:
+            await self.stop(grace=0)
+            raise
+        await self._update_health()
+        await self.health.set("", _SERVING)
+        await self.health.set(NATIVE_SERVICE, _SERVING)
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
+        for app in self.registry.apps.values():
+            log.info("app %s: %s%s", app.name, app.effective_state, f" ({app.reason})" if app.reason else "")
+        return self.port
+
+    async def _update_health(self):
+        for app in self.registry.apps.values():
+            await self.health.set(app.name, _SERVING if app.effective_state == READY else _NOT_SERVING)
+
+    async def _watch_health(self):
+        # A net_inference call that never returns cannot be interrupted; health is how it is seen.
+        while True:
+            await asyncio.sleep(_HEALTH_INTERVAL_S)
+            await self._update_health()
+
+    async def stop(self, grace=5.0):
+        """Stop accepting calls, let calls in flight finish within `grace` seconds, then stop the apps."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.registry.close()
+
+    async def wait(self):
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signalled(server, grace=5.0):
+    """Start `server` and serve until SIGTERM or SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await server.start()
+    print(f"serving on {server.host}:{server.port}", flush=True)
+    await stopping.wait()
+    log.info("shutting down (grace %.1fs)", grace)
+    await server.stop(grace)

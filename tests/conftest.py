@@ -1,0 +1,89 @@
+"""Shared fixtures: real servers in subprocesses on OS-assigned loopback ports."""
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+class RunningServer:
+    """A `serving serve` process; its output is collected in `lines` as it comes."""
+
+    def __init__(self, args, env=None, timeout=60):
+        cmd = [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=full_env)
+        self.lines = []
+        self.port = None
+        self.metrics_port = None
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or self.port is None:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + self.output)
+        self.target = f"127.0.0.1:{self.port}"
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            metrics = re.search(r"metrics on http://[\d.]+:(\d+)/metrics", line)
+            if metrics:
+                self.metrics_port = int(metrics.group(1))
+            started = re.match(r"serving on [\d.]+:(\d+)", line)
+            if started:
+                self.port = int(started.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def channel(self):
+        return grpc.insecure_channel(self.target)
+
+    def stop(self, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def apps_server():
+    """A server of tests/apps (probe, legacy_style) with metrics."""
+    server = RunningServer(["--evals", str(TESTS / "apps"), "--metrics-port", "0"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_apps_server():
+    """A server of tests/apps of a test's own, for tests that hang or stop it."""
+    server = RunningServer(["--evals", str(TESTS / "apps")])
+    yield server
+    server.stop()

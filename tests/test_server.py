@@ -1,0 +1,353 @@
+"""The native protocol against a real server on loopback: values, batching, ordering, every error path."""
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import REPO, TESTS, RunningServer, wait_until
+from serving.client import AsyncClient, Client
+from serving.proto import inference_pb2 as pb
+from serving.proto import inference_pb2_grpc as pb_grpc
+
+
+def client_for(server, app="probe", **kwargs):
+    host, port = server.target.split(":")
+    return Client(host, int(port), app, **kwargs)
+
+
+def raw_infer(server, request, metadata=None, timeout=10):
+    """Call Infer with the generated stub; returns (response or None, status code, details, trailing dict)."""
+    with server.channel() as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        try:
+            response, call = stub.Infer.with_call(request, metadata=metadata, timeout=timeout)
+            return response, call.code(), call.details(), dict(call.trailing_metadata() or ())
+        except grpc.RpcError as exc:
+            return None, exc.code(), exc.details(), dict(exc.trailing_metadata() or ())
+
+
+# ---- values ----------------------------------------------------------------------------------------------------------
+
+def test_every_value_type_round_trips(apps_server):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    instance = {
+        "x": x, "u8": np.arange(5, dtype=np.uint8), "flags": np.array([True, False]), "f16": np.ones(2, np.float16),
+        "i64": np.array([-(2**40)], np.int64), "scalar": np.int16(-7), "s64": np.float64(2.5),
+        "b": True, "i": 2**40, "f": 0.25, "text": "héllo", "raw": b"\x00\xff", "uri": "/data/a.png",
+        "body": b"\x01\x02\x03", "attribute": {"roi": [1, 2, 3, 4], "name": "v"},
+    }
+    with client_for(apps_server) as client:
+        [result] = client.infer(instance, params={"threshold": 0.5})
+    data = result["data"]
+    assert data["x"] == {"type": "ndarray", "dtype": "float32", "shape": [3, 4], "writeable": True}
+    assert data["u8"]["dtype"] == "uint8" and data["flags"]["dtype"] == "bool" and data["f16"]["dtype"] == "float16"
+    assert data["scalar"] == {"type": "numpy_scalar", "dtype": "int16"}
+    assert data["b"] == {"type": "bool", "value": True}
+    assert data["i"] == {"type": "int", "value": 2**40}
+    assert data["f"] == {"type": "float", "value": 0.25}
+    assert data["text"] == {"type": "str", "value": "héllo"}
+    assert data["raw"] == {"type": "bytes", "len": 2}
+    assert data["uri"] == {"type": "str", "value": "/data/a.png"}
+    assert data["body"] == {"type": "bytes", "len": 3}
+    assert data["attribute"] == {"type": "dict", "value": {"roi": [1, 2, 3, 4], "name": "v"}}
+    assert result["params"] == {"threshold": 0.5}
+    # numpy values come back as numpy values of the same dtype; bytes as bytes.
+    np.testing.assert_array_equal(result["echo_x"], x)
+    assert result["echo_x"].dtype == np.float32
+    np.testing.assert_array_equal(result["echo_i64"], instance["i64"])
+    assert isinstance(result["echo_scalar"], np.int16) and result["echo_scalar"] == -7
+    # np.float64 subclasses float: it travels as a JSON number, and a Python float is a float64.
+    assert result["echo_s64"] == 2.5
+    assert result["echo_flags"].tolist() == [True, False]
+    assert result["body"] == b"\x03\x02\x01"
+    assert result["app"] == "probe" and result["same_thread"] is True and result["preprocessed"] is True
+
+
+def test_results_come_back_in_order_with_per_instance_errors(apps_server):
+    instances = [{"i": i, "attribute": {"fail": 404} if i == 3 else {}} for i in range(10)]
+    with client_for(apps_server) as client:
+        results = client.infer(instances)
+    assert len(results) == 10
+    for i, result in enumerate(results):
+        if i == 3:
+            assert result == {"error": "instance refused with 404", "code": 404}
+        else:
+            assert result["data"]["i"]["value"] == i
+            assert result["batch_images"] <= 4
+
+
+def test_multi_image_request_is_one_request_counting_its_images(apps_server):
+    with client_for(apps_server) as client:
+        results = client.infer([[{"body": b"a"}, {"body": b"bb"}, {"uri": "/x.png"}], {"body": b"c"}])
+    assert len(results) == 2
+    assert results[0]["data"] == [{"body": {"type": "bytes", "len": 1}}, {"body": {"type": "bytes", "len": 2}},
+                                  {"uri": {"type": "str", "value": "/x.png"}}]
+    assert results[0]["batch_images"] == 4 and results[0]["batch_requests"] == 2
+
+
+def test_multi_image_request_over_batch_size_is_refused(apps_server):
+    with client_for(apps_server) as client:
+        result = client.infer([[{"body": b"a"}] * 5])
+    assert result["code"] == 400 and "batch_size" in result["error"]
+
+
+def test_request_id_reaches_the_eval_and_comes_back(apps_server):
+    with client_for(apps_server, request_id="job-42") as client:
+        [result] = client.infer({"i": 1})
+    assert result["reqid"] == "job-42"
+    response, code, _, _ = raw_infer(apps_server, pb.InferRequest(app="probe", instances=[pb.Instance(uri="u")]),
+                                     metadata=(("x-request-id", "abc"),))
+    assert code == grpc.StatusCode.OK and response.request_id == "abc"
+
+
+# ---- batching --------------------------------------------------------------------------------------------------------
+
+def test_batches_form_under_concurrency_and_never_exceed_batch_size(apps_server):
+    host, port = apps_server.target.split(":")
+
+    async def run():
+        async with AsyncClient(host, int(port), "probe") as client:
+            calls = [client.infer({"i": i}, params={"sleep_ms": 20}) for i in range(48)]
+            return await asyncio.gather(*calls)
+
+    results = [r[0] for r in asyncio.run(run())]
+    assert [r["data"]["i"]["value"] for r in results] == list(range(48))
+    sizes = [r["batch_images"] for r in results]
+    assert max(sizes) <= 4
+    assert max(sizes) == 4, f"no full batch formed under 48 concurrent calls: {sizes}"
+    assert all(r["same_thread"] for r in results)
+
+
+def test_a_lone_request_does_not_wait_for_the_window(apps_server):
+    # The probe's window is 20 ms; a lone request must not pay it (no other request is on its way).
+    with client_for(apps_server) as client:
+        client.infer({"i": 0})
+        started = time.perf_counter()
+        for i in range(20):
+            [result] = client.infer({"i": i})
+        elapsed = time.perf_counter() - started
+    assert result["batch_images"] == 1
+    assert elapsed < 20 * 0.020, f"20 lone calls took {elapsed:.3f}s: the window was waited for"
+
+
+# ---- errors on the wire -----------------------------------------------------------------------------------------------
+
+def test_unknown_app_is_not_found_with_code_in_trailing_metadata(apps_server):
+    _, code, details, trailing = raw_infer(apps_server, pb.InferRequest(app="nope", instances=[pb.Instance()]))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "unknown app 'nope'" in details and "probe" in details
+    assert trailing["serving-code"] == "404"
+    with client_for(apps_server, app="nope") as client:
+        assert client.infer({"i": 1}) == {"error": details, "code": 404}
+
+
+def test_unknown_method_is_not_found(apps_server):
+    with client_for(apps_server, method_name="train") as client:
+        result = client.infer({"i": 1})
+    assert result["code"] == 404 and "no method 'train'" in result["error"]
+
+
+@pytest.mark.parametrize("instance, params, expected", [
+    (pb.Instance(inputs={"x": pb.Value(tensor=pb.Tensor(dtype="complex64", shape=[1], data=b"12345678"))}), "",
+     "unknown dtype 'complex64'"),
+    (pb.Instance(inputs={"x": pb.Value(tensor=pb.Tensor(dtype="float32", shape=[2, 2], data=b"123"))}), "",
+     "needs 16 bytes, got 3"),
+    (pb.Instance(inputs={"x": pb.Value(tensor=pb.Tensor(dtype="int8", shape=[-1], data=b""))}), "",
+     "negative dimension"),
+    (pb.Instance(attribute="{not json"), "", "attribute is not valid JSON"),
+    (pb.Instance(uri="a"), "[1, 2]", "params must be a JSON object"),
+    (pb.Instance(uri="a"), "{bad", "params is not valid JSON"),
+    (pb.Instance(inputs={"body": pb.Value(string_value="x")}), "", "must use its own field"),
+    (pb.Instance(inputs={"x": pb.Value()}), "", "empty value"),
+    (pb.Instance(uri="a", images=[pb.Instance(uri="b")]), "", "multi-image instance"),
+])
+def test_malformed_instances_are_invalid_argument(apps_server, instance, params, expected):
+    request = pb.InferRequest(app="probe", instances=[instance], params=params)
+    _, code, details, trailing = raw_infer(apps_server, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in details
+    assert trailing["serving-code"] == "400"
+
+
+def test_a_call_without_instances_is_invalid_argument(apps_server):
+    _, code, details, _ = raw_infer(apps_server, pb.InferRequest(app="probe"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "no instances" in details
+
+
+def test_undecodable_image_bytes_are_400_from_the_eval(apps_server):
+    with client_for(apps_server, app="legacy_style") as client:
+        [result] = client.infer({"body": b"this is not an image"})
+    assert result["code"] == 400 and "cv2 load" in result["error"]
+
+
+def test_oversized_message_is_refused_and_the_server_keeps_serving(apps_server):
+    host, port = apps_server.target.split(":")
+    with Client(host, int(port), "probe", max_message_bytes=128 * 2**20) as client:
+        result = client.infer({"body": b"\0" * (40 * 2**20)})
+        assert result["code"] == 413 and "larger than max" in result["error"]
+        assert client.infer({"i": 1})[0]["data"]["i"]["value"] == 1
+
+
+def test_an_eval_that_raises_fails_its_batch_with_599_only(apps_server):
+    with client_for(apps_server) as client:
+        result = client.infer({"i": 1}, params={"raise": True})
+        assert result == [{"error": "boom in eval", "code": 599}]
+        assert client.infer({"i": 2})[0]["data"]["i"]["value"] == 2
+
+
+def test_wrong_number_of_rets_fails_the_batch_with_500(apps_server):
+    with client_for(apps_server) as client:
+        results = client.infer([{"i": 1}, {"i": 2}], params={"wrong_count": True})
+    assert all(r["code"] == 500 for r in results)
+    assert "returned 1 rets for 2 requests" in results[0]["error"]
+
+
+@pytest.mark.parametrize("code", [503, 571, 500])
+def test_batch_level_code_with_message_fails_every_request(apps_server, code):
+    with client_for(apps_server) as client:
+        results = client.infer([{"i": 1}, {"i": 2}], params={"batch_fail": [code, "model busy"]})
+    assert results == [{"error": "model busy", "code": code}] * 2
+
+
+def test_preprocess_failure_fails_that_instance_only(apps_server):
+    with client_for(apps_server) as client:
+        results = client.infer([{"attribute": {"pre_fail": 415}}, {"i": 2}])
+    assert results[0] == {"error": "refused in preprocess", "code": 415}
+    assert results[1]["data"]["i"]["value"] == 2
+
+
+def test_full_queue_refuses_at_once_with_a_retryable_code(apps_server):
+    host, port = apps_server.target.split(":")
+
+    async def run():
+        async with AsyncClient(host, int(port), "probe") as client:
+            calls = [client.infer([{"i": i}] * 4, params={"sleep_ms": 100}) for i in range(24)]
+            return await asyncio.gather(*calls)
+
+    results = asyncio.run(run())
+    refused = [r for r in results if isinstance(r, dict)]
+    served = [r for r in results if isinstance(r, list)]
+    assert refused and served, "a queue of 64 images must refuse some of 96 and serve the rest"
+    assert all(r["code"] == 429 and "queue is full" in r["error"] for r in refused)
+    assert all(not any("error" in x for x in r) for r in served)
+
+
+def test_never_returning_eval_gives_deadline_exceeded_and_health_says_so(fresh_apps_server):
+    server = fresh_apps_server
+    host, port = server.target.split(":")
+    with server.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(service):
+            return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+        assert status("probe") == health_pb2.HealthCheckResponse.SERVING
+        with Client(host, int(port), "probe", timeout=0.5) as client:
+            # A second caller that gives up while the first call hangs: dropped before net_inference.
+            with Client(host, int(port), "probe", timeout=0.3) as impatient:
+                hung = client.infer({"i": 1}, params={"hang_s": 3})
+                assert hung["code"] == 504
+                assert impatient.infer({"attribute": {"mark": "gave-up"}})["code"] == 504
+            # inference_timeout_s is 1: the app is reported stuck, and refuses at once with a retryable code.
+            assert wait_until(lambda: status("probe") == health_pb2.HealthCheckResponse.NOT_SERVING, 3)
+            assert status("legacy_style") == health_pb2.HealthCheckResponse.SERVING
+            stuck = client.infer({"i": 2})
+            assert stuck["code"] == 503 and "stuck" in stuck["error"]
+            apps = {a["name"]: a for a in client.apps()}
+            assert apps["probe"]["state"] == "STUCK"
+        assert wait_until(lambda: status("probe") == health_pb2.HealthCheckResponse.SERVING, 5)
+        with Client(host, int(port), "probe", timeout=5) as client:
+            [result] = client.infer({"i": 3})
+        assert "gave-up" not in result["seen_marks"]
+
+
+# ---- health, reflection, metrics, settings ---------------------------------------------------------------------------
+
+def test_health_overall_and_per_app_and_reflection(apps_server):
+    with apps_server.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "probe", "legacy_style", "serving.v1.Inference"):
+            response = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"serving.v1.Inference", "grpc.health.v1.Health"} <= names
+
+
+def test_effective_settings_are_visible_to_clients(apps_server):
+    with client_for(apps_server) as client:
+        apps = {a["name"]: a for a in client.apps()}
+    probe = apps["probe"]
+    assert probe["state"] == "READY" and probe["methods"] == ["inference"]
+    assert probe["config"]["batch_size"] == 4 and probe["config"]["batch_window_ms"] == 20
+    assert probe["config"]["custom_params"] == {"note": "probe"}
+    assert apps["legacy_style"]["config"]["preprocess_workers"] == 2  # a default, made visible
+    assert "app probe: effective settings" in apps_server.output
+
+
+def test_metrics_export_requests_batches_queue_and_eval_histogram(apps_server):
+    with client_for(apps_server, app="legacy_style") as client:
+        import cv2
+
+        ok, png = cv2.imencode(".png", np.full((40, 50, 3), 128, np.uint8))
+        [result] = client.infer({"body": png.tobytes()})
+        assert "error" not in result, result
+    with client_for(apps_server) as client:
+        client.infer({"i": 1})
+    text = urllib.request.urlopen(f"http://127.0.0.1:{apps_server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'serving_requests_total{app="probe",code="0"}' in text
+    assert 'serving_batch_size_bucket{app="probe"' in text
+    assert 'serving_queue_depth{app="probe"}' in text
+    assert 'serving_request_latency_seconds_bucket{app="probe"' in text
+    assert "ava_serving_eval_response_time_bucket" in text and 'method="py.forward"' in text
+
+
+# ---- the CLI -----------------------------------------------------------------------------------------------------------
+
+def test_cli_infer_prints_one_json_line_per_file(apps_server, tmp_path):
+    import cv2
+
+    files = []
+    for i, size in enumerate((40, 64)):
+        path = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(path), np.full((size, size, 3), 30 * (i + 1), np.uint8))
+        files.append(path)
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "infer", "--target", apps_server.target,
+                          "--app", "legacy_style", *map(str, files)], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert [line["height"] for line in lines] == [40, 64]
+
+
+def test_sigterm_finishes_calls_in_flight_and_exits_0(fresh_apps_server):
+    server = fresh_apps_server
+    host, port = server.target.split(":")
+    import threading
+
+    results = {}
+
+    def call():
+        with Client(host, int(port), "probe", timeout=10) as client:
+            results["r"] = client.infer({"i": 7}, params={"sleep_ms": 700})
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)
+    server.proc.terminate()
+    caller.join(10)
+    assert server.proc.wait(10) == 0
+    assert results["r"][0]["data"]["i"]["value"] == 7
