@@ -1,0 +1,249 @@
+"""``load_image(uri, body=None)``: decode one request image into a BGR uint8 H x W x 3 array.
+
+Rules (the old host's, kept):
+
+* With a `body` (bytes, bytearray, memoryview or any buffer; a ``str`` body, the Python 2 habit, is
+  encoded latin-1 back to its bytes): over 10 MiB -> ``ErrorImageTooLarge``. An empty body with a `uri`
+  falls back to the uri; an empty body without one is undecodable.
+* Without a body, `uri` is a local path (``file://`` is stripped): missing or not a regular file ->
+  ``ErrorFileNotExist``; over 10 MiB -> ``ErrorImageTooLarge``. A remote uri (``http://``, ``https://``,
+  any ``scheme://`` but ``file``) -> ``ErrorRemoteURI`` (400, a subclass of ``ErrorFileNotExist``):
+  this function never fetches URLs. Which local paths a remote client may name is the runtime's
+  decision, not this function's: it reads whatever path it is given.
+* Undecodable (garbage, truncated, empty) -> ``ErrorCV2ImageRead``. A side over 4999 px ->
+  ``ErrorImageTooLarge``; a side of 32 px or less -> ``ErrorImageTooSmall``.
+* Grayscale, 16-bit and 4-channel images come back as 8-bit BGR with 3 channels (``cv2.IMREAD_COLOR``),
+  JPEG EXIF orientation applied.
+
+Pixel dimensions are checked BEFORE decoding for PNG, JPEG, GIF, BMP and WebP, by reading the few header
+bytes that hold them, so a 5000 px side (or a decompression bomb) is refused without allocating the image.
+Why headers rather than a first ``cv2.IMREAD_REDUCED_GRAYSCALE_8`` decode: reduced decoding is only cheap
+for JPEG (libjpeg scales in the DCT); for PNG, WebP and the rest OpenCV decodes at full size and then
+resizes, so it would allocate the whole image and double the decoding work. Those decoders allocate exactly
+what the header declares, so the header is the authoritative size. Other formats (TIFF, ...) are decoded
+and then checked; they are bounded by the 10 MiB body limit and OpenCV's own pixel limit.
+"""
+
+import os
+import re
+
+from evals.utils.error import (
+    ErrorCV2ImageRead,
+    ErrorFileNotExist,
+    ErrorImageNdim,
+    ErrorImageTooLarge,
+    ErrorImageTooSmall,
+    ErrorRemoteURI,
+)
+
+__all__ = ["load_image", "image_header_size", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE"]
+
+#: Largest encoded image accepted, in bytes.
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: Largest image side accepted, in pixels.
+MAX_IMAGE_SIDE = 4999
+#: Sides of this many pixels or fewer are too small.
+MIN_IMAGE_SIDE = 32
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...); not DHT/JPG/DAC.
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def load_image(uri, body=None):
+    """Decode the image in `body` (or, without one, the local file `uri`) into a BGR uint8 H x W x 3 array.
+
+    Raises the ``evals.utils.error`` errors listed in the module docstring (all code 400).
+    """
+    name = uri if uri else "body"
+    if body is not None and (not _is_empty(body) or not uri):
+        data = _body_bytes(body, name)
+    else:
+        data = _read_local(uri)
+    return _decode(data, name)
+
+
+def image_header_size(data):
+    """``(width, height)`` read from the header of a PNG, JPEG, GIF, BMP or WebP image, else None.
+
+    Reads a few bytes only; None for other formats or a header too short or malformed to tell.
+    """
+    try:
+        if data[:8] == _PNG_SIGNATURE:
+            return _png_size(data)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return _sized(_le(data, 6, 2), _le(data, 8, 2))
+        if data[:2] == b"BM":
+            return _bmp_size(data)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _is_empty(body):
+    try:
+        return len(body) == 0
+    except TypeError:
+        return False
+
+
+def _body_bytes(body, name):
+    if isinstance(body, (bytes, bytearray)):
+        data = body
+    elif isinstance(body, str):
+        if len(body) > MAX_IMAGE_BYTES:
+            raise ErrorImageTooLarge(name)
+        try:
+            data = body.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ErrorCV2ImageRead(name) from None
+    else:
+        try:
+            view = memoryview(body)
+        except TypeError:
+            raise ErrorCV2ImageRead(name) from None
+        if view.nbytes > MAX_IMAGE_BYTES:
+            raise ErrorImageTooLarge(name)
+        data = view.tobytes()
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ErrorImageTooLarge(name)
+    return data
+
+
+def _read_local(uri):
+    if not uri or not isinstance(uri, (str, os.PathLike)):
+        raise ErrorFileNotExist(uri)
+    path = os.fspath(uri)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    match = _SCHEME.match(path)
+    if match:
+        if match.group(1).lower() != "file":
+            raise ErrorRemoteURI(uri)
+        path = path[match.end():]
+    if not os.path.isfile(path):
+        raise ErrorFileNotExist(uri)
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+            raise ErrorImageTooLarge(uri)
+        with open(path, "rb") as file:
+            data = file.read(MAX_IMAGE_BYTES + 1)  # bounded even if the file grows meanwhile
+    except OSError:
+        raise ErrorFileNotExist(uri) from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ErrorImageTooLarge(uri)
+    return data
+
+
+def _check_sides(width, height, name):
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise ErrorImageTooLarge(name)
+    if width <= MIN_IMAGE_SIDE or height <= MIN_IMAGE_SIDE:
+        raise ErrorImageTooSmall(name)
+
+
+def _decode(data, name):
+    if len(data) == 0:
+        raise ErrorCV2ImageRead(name)
+    size = image_header_size(data)
+    if size is not None:
+        _check_sides(size[0], size[1], name)
+
+    import cv2  # imported on first use: `import evals.utils` stays cheap
+    import numpy as np
+
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        raise ErrorCV2ImageRead(name)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ErrorImageNdim(name)
+    height, width = image.shape[:2]
+    _check_sides(width, height, name)
+    return image
+
+
+# --- image headers ---------------------------------------------------------------------------------
+
+
+def _be(data, offset, length):
+    chunk = data[offset:offset + length]
+    if len(chunk) != length:
+        raise ValueError("short header")
+    return int.from_bytes(chunk, "big")
+
+
+def _le(data, offset, length, signed=False):
+    chunk = data[offset:offset + length]
+    if len(chunk) != length:
+        raise ValueError("short header")
+    return int.from_bytes(chunk, "little", signed=signed)
+
+
+def _sized(width, height):
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _png_size(data):
+    # Signature (8), then the IHDR chunk: length (4), b"IHDR" (4), width (4), height (4).
+    if data[12:16] != b"IHDR":
+        return None
+    return _sized(_be(data, 16, 4), _be(data, 20, 4))
+
+
+def _jpeg_size(data):
+    # Walk the marker segments from SOI to the first start-of-frame, which holds the frame size:
+    # FF Cn, length (2), precision (1), height (2), width (2). Stop at start-of-scan or end-of-image.
+    end = len(data)
+    i = 2
+    while i < end:
+        if data[i] != 0xFF:
+            return None  # lost sync: let the decoder judge
+        while i < end and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= end:
+            return None
+        marker = data[i]
+        i += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+            continue
+        if marker in (0xD9, 0xDA):  # EOI, SOS before any frame header
+            return None
+        length = _be(data, i, 2)
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            return _sized(_be(data, i + 5, 2), _be(data, i + 3, 2))
+        i += length
+    return None
+
+
+def _bmp_size(data):
+    dib_size = _le(data, 14, 4)
+    if dib_size == 12:  # BITMAPCOREHEADER: 16-bit sizes
+        return _sized(_le(data, 18, 2), _le(data, 20, 2))
+    # BITMAPINFOHEADER and later: signed 32-bit; a negative height means top-down rows.
+    return _sized(abs(_le(data, 18, 4, signed=True)), abs(_le(data, 22, 4, signed=True)))
+
+
+def _webp_size(data):
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: frame tag (3), start code 9D 01 2A, 14-bit width and height
+        if data[23:26] != b"\x9d\x01\x2a":
+            return None
+        return _sized(_le(data, 26, 2) & 0x3FFF, _le(data, 28, 2) & 0x3FFF)
+    if chunk == b"VP8L":  # lossless: signature 0x2F, then 14-bit width-1 and height-1
+        if data[20] != 0x2F:
+            return None
+        bits = _le(data, 21, 4)
+        return _sized((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if chunk == b"VP8X":  # extended: flags (4), 24-bit canvas width-1 and height-1
+        return _sized(_le(data, 24, 3) + 1, _le(data, 27, 3) + 1)
+    return None
