@@ -19,7 +19,7 @@ log = logging.getLogger("serving.batcher")
 class _Item:
     """One eval request on its way through the batcher."""
 
-    __slots__ = ("request", "n_images", "future", "deadline", "reqid")
+    __slots__ = ("request", "n_images", "future", "deadline", "reqid", "queued_at")
 
     def __init__(self, request, n_images, future, deadline, reqid):
         self.request = request
@@ -27,6 +27,7 @@ class _Item:
         self.future = future
         self.deadline = deadline
         self.reqid = reqid
+        self.queued_at = 0.0
 
 
 def _resolve(future, outcome):
@@ -152,6 +153,7 @@ class Batcher:
         return release
 
     def _enqueue(self, item):
+        item.queued_at = self._loop.time()
         self._waiting.append(item)
         self._arrived.set()
 
@@ -181,7 +183,8 @@ class Batcher:
         while not self._waiting:
             self._arrived.clear()
             await self._arrived.wait()
-        window_ends = self._loop.time() + self.window
+        # The window counts from the arrival of the batch's first request, so no request waits longer than it.
+        window_ends = self._waiting[0].queued_at + self.window
         batch, images = batching.take_batch(self._waiting, self.batch_size)
         while images < self.batch_size:
             if self._waiting:
