@@ -12,27 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.harness.runner import to_jsonable
 from serving.errors import ServingError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def to_jsonable(value):
-    """Results as plain JSON values: numpy arrays as lists, numpy scalars as numbers, bytes as their length."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (bytes, bytearray)):
-        return {"bytes": len(value)}
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
 
 
 def _target(text):
