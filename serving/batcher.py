@@ -30,6 +30,9 @@ class _Item:
         self.queued_at = 0.0
 
 
+_DEADLINE_PASSED = batching.Outcome(code=GATEWAY_TIMEOUT, message="deadline passed before inference")
+
+
 def _resolve(future, outcome):
     if not future.done():
         future.set_result(outcome)
@@ -131,20 +134,30 @@ class Batcher:
             item.future.add_done_callback(self._release(item.n_images))
             if self._preprocess is None:
                 self._enqueue(item)
+            elif self._preprocess_executor is None:
+                self._preprocess_inline(item)
             else:
                 self._preprocessing += 1
                 loop.create_task(self._run_preprocess(item))
-        futures = [item.future for item in items]
+        # One timer per call: at the deadline it answers what is still pending with 504, and the loop drops it.
+        expired = []
+        timer = loop.call_at(deadline, self._expire, items, expired)
         try:
-            done, _ = await asyncio.wait(futures, timeout=timeout)
+            outcomes = [await item.future for item in items]
         finally:
-            # The caller is gone (cancelled) or the deadline passed: the loop drops what is still pending.
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-        if len(done) < len(futures):
+            timer.cancel()
+            for item in items:  # the caller is gone (cancelled): the loop drops what is still pending
+                if not item.future.done():
+                    item.future.cancel()
+        if expired:
             raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
-        return [future.result() for future in futures]
+        return outcomes
+
+    @staticmethod
+    def _expire(items, expired):
+        expired.append(True)
+        for item in items:
+            _resolve(item.future, _DEADLINE_PASSED)
 
     def _release(self, n_images):
         def release(_future):
@@ -157,18 +170,29 @@ class Batcher:
         self._waiting.append(item)
         self._arrived.set()
 
+    def _preprocess_inline(self, item):
+        try:
+            output = self._preprocess(item.request, item.reqid)
+        except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
+            _resolve(item.future, batching.exception_outcomes(1, exc)[0])
+            return
+        self._after_preprocess(item, output)
+
+    def _after_preprocess(self, item, output):
+        failure = batching.preprocess_failure(output)
+        if failure is not None:
+            _resolve(item.future, failure)
+        else:
+            item.request = output[0]
+            self._enqueue(item)
+
     async def _run_preprocess(self, item):
         try:
             if item.future.done():
                 return
             output = await self._loop.run_in_executor(self._preprocess_executor, self._preprocess,
                                                       item.request, item.reqid)
-            failure = batching.preprocess_failure(output)
-            if failure is not None:
-                _resolve(item.future, failure)
-            else:
-                item.request = output[0]
-                self._enqueue(item)
+            self._after_preprocess(item, output)
         except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
             _resolve(item.future, batching.exception_outcomes(1, exc)[0])
         finally:
@@ -211,8 +235,7 @@ class Batcher:
             if item.future.done():
                 continue  # the caller cancelled or gave up
             if item.deadline <= now:
-                _resolve(item.future, batching.Outcome(code=GATEWAY_TIMEOUT,
-                                                       message="deadline passed before inference"))
+                _resolve(item.future, _DEADLINE_PASSED)
                 continue
             live.append(item)
         return live

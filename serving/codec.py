@@ -5,6 +5,7 @@ Server side: `request_to_eval_requests` (InferRequest -> eval requests) and `out
 Client side: `instances_to_request` and `result_to_dict`.
 """
 import json
+import math
 
 import numpy as np
 
@@ -38,7 +39,8 @@ def array_to_tensor(value):
 
 
 def tensor_to_array(tensor, where="tensor"):
-    """A Tensor as a writable numpy array (evals may work in place), or a numpy scalar for an empty shape.
+    """A Tensor as a numpy array, or a numpy scalar for an empty shape. The array is a read-only view of the
+    message's bytes (no copy on the hot path): an eval that works in place copies it first (`array.copy()`).
     Raises ServingError 400 naming `where` when dtype, shape and byte count disagree."""
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:
@@ -46,11 +48,13 @@ def tensor_to_array(tensor, where="tensor"):
     shape = tuple(tensor.shape)
     if any(dim < 0 for dim in shape):
         raise ServingError(BAD_REQUEST, f"{where}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if count * dtype.itemsize != len(tensor.data):
         raise ServingError(BAD_REQUEST, f"{where}: shape {list(shape)} of {tensor.dtype} needs "
                                         f"{count * dtype.itemsize} bytes, got {len(tensor.data)}")
-    array = np.frombuffer(tensor.data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
     return array[()] if not shape else array
 
 

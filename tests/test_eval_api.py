@@ -760,7 +760,7 @@ def legacy_configs(tmp_path):
     folder = APPS / "legacy_style"
     app_json = json.loads((folder / "app.json").read_text())
     assert set(app_json) <= {"batch_size", "use_device", "model_files", "custom_files", "model_params",
-                             "custom_params"}
+                             "custom_params", "preprocess_workers"}
     return {
         "app": "legacy_style",
         "workspace": str(tmp_path),

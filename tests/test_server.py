@@ -47,7 +47,8 @@ def test_every_value_type_round_trips(apps_server):
     with client_for(apps_server) as client:
         [result] = client.infer(instance, params={"threshold": 0.5})
     data = result["data"]
-    assert data["x"] == {"type": "ndarray", "dtype": "float32", "shape": [3, 4], "writeable": True}
+    # Tensors arrive as read-only views of the message (no copy).
+    assert data["x"] == {"type": "ndarray", "dtype": "float32", "shape": [3, 4], "writeable": False}
     assert data["u8"]["dtype"] == "uint8" and data["flags"]["dtype"] == "bool" and data["f16"]["dtype"] == "float16"
     assert data["scalar"] == {"type": "numpy_scalar", "dtype": "int16"}
     assert data["b"] == {"type": "bool", "value": True}
@@ -293,7 +294,8 @@ def test_effective_settings_are_visible_to_clients(apps_server):
     assert probe["state"] == "READY" and probe["methods"] == ["inference"]
     assert probe["config"]["batch_size"] == 4 and probe["config"]["batch_window_ms"] == 20
     assert probe["config"]["custom_params"] == {"note": "probe"}
-    assert apps["legacy_style"]["config"]["preprocess_workers"] == 2  # a default, made visible
+    assert apps["legacy_style"]["config"]["queue_size"] == 256  # a default, made visible
+    assert apps["legacy_style"]["config"]["preprocess_workers"] == 0  # preprocessing inline on the loop
     assert "app probe: effective settings" in apps_server.output
 
 
