@@ -50,6 +50,8 @@ def build_parser():
     serve.add_argument("--strict", action="store_true", help="fail start-up when any app fails to load")
     serve.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20)
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls in flight on SIGTERM")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="serving processes sharing the port, supervised (each loads every app)")
 
     infer = commands.add_parser("infer", help="send files to an app, print one JSON result per file")
     infer.add_argument("--target", type=_target, required=True, help="HOST:PORT")
@@ -81,8 +83,28 @@ def build_parser():
     return parser
 
 
+def _worker_args(args):
+    """The serve options a worker of `--workers` gets: all but --port, --metrics-port and --workers."""
+    out = ["--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
+           "--grace", str(args.grace)]
+    if args.app_name:
+        out += ["--app-name", args.app_name]
+    if args.strict:
+        out.append("--strict")
+    return out
+
+
 def cmd_serve(args):
     from serving.server import ServingServer, serve_until_signalled
+
+    if args.workers < 1:
+        print("serving serve: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from serving.workers import reserve_port, supervise
+
+        port = args.port or reserve_port(args.host)
+        return supervise(_worker_args(args), args.workers, port, args.metrics_port)
 
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,

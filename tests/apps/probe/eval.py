@@ -5,6 +5,7 @@ Params steer failures: {"raise": true} raises in net_inference, {"wrong_count": 
 An instance's attribute {"fail": code} fails that instance only; {"pre_fail": code} fails it in net_preprocess;
 {"mark": text} is remembered, and every result lists the marks seen so far (to prove what never arrived).
 """
+import os
 import threading
 import time
 
@@ -79,6 +80,7 @@ def _infer(model, requests):
             "params": request["params"],
             "data": describe(data),
             "seen_marks": list(model["seen_marks"]),
+            "pid": os.getpid(),
         }
         ret = {"code": 0, "message": "", "result": result}
         if isinstance(data, dict):
