@@ -28,7 +28,7 @@ from pathlib import Path
 from serving import metrics
 from serving.batcher import Batcher
 from serving.config import ConfigError, load_app_config
-from serving.errors import NOT_FOUND, UNAVAILABLE, ServingError, is_ok
+from serving.errors import INTERNAL, NOT_FOUND, UNAVAILABLE, ServingError, is_ok
 
 log = logging.getLogger("serving.apps")
 
@@ -38,6 +38,8 @@ METHODS = ("inference",)
 # Folder names under an evals dir that are not apps.
 _RESERVED = {"utils", "src", "__pycache__"}
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# How often a draining app checks whether its last admitted request has been answered.
+_DRAIN_POLL_S = 0.01
 
 
 def module_name_for(app):
@@ -227,6 +229,19 @@ class App:
             "methods": list(METHODS),
         }
 
+    async def drain(self, timeout):
+        """Wait until every request admitted to this app has been answered, for at most `timeout` seconds.
+
+        Used after the app left the registry (reload, unload): nothing new is admitted then, so what is pending
+        only shrinks. Returns True when drained, False when `timeout` passed first (a stuck net_inference)."""
+        if self.batcher is None:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.batcher.pending and loop.time() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        return not self.batcher.pending
+
     async def close(self):
         if self.batcher is not None:
             await self.batcher.stop()
@@ -249,6 +264,7 @@ class AppRegistry:
         self.evals_dir = Path(evals_dir).resolve()
         self.classic_name = classic_name
         self.apps = {}
+        self._reloading = asyncio.Lock()  # one load/unload at a time: each reads and swaps self.apps
 
     async def load_all(self, strict=False):
         """Load every app of the evals dir; with `strict`, the first FAILED app raises ConfigError."""
@@ -272,3 +288,56 @@ class AppRegistry:
     async def close(self):
         for app in self.apps.values():
             await app.close()
+
+    def folders(self):
+        """{app name: (app folder, package)} of the apps on disk now, loaded or not."""
+        return {name: (folder, package) for name, folder, package in discover(self.evals_dir, self.classic_name)}
+
+    async def load_app(self, name):
+        """(Re)load app `name` from its folder on disk, without a restart and without dropping calls in flight.
+
+        A new App is built and loaded next to the one serving; only once it is READY does it replace the old one
+        in the registry, so every later call reaches the new code. The old one then finishes what it had
+        admitted (bounded by its request_timeout_s) and is closed. A load that fails leaves the old app serving
+        and raises ServingError: 404 when no such folder exists, 400 when its app.json is invalid, 500 when
+        eval.py or create_net failed. Returns the new App.
+        """
+        async with self._reloading:
+            folder = self.folders().get(name)
+            if folder is None:
+                raise ServingError(NOT_FOUND, f"no app folder {name!r} in {self.evals_dir}")
+            app_dir, package = folder
+            # Validate app.json first: a config error is the caller's to fix (400), not a failure of the app.
+            load_app_config(app_dir)
+            _add_to_evals_path(self.evals_dir)
+            new = App(name, app_dir, package)
+            await new.load()
+            if new.state != READY:
+                await new.close()
+                raise ServingError(INTERNAL, f"app {name} failed to load, the previous version keeps serving: "
+                                             f"{new.reason}")
+            old = self.apps.get(name)
+            self.apps[name] = new
+            if old is not None:
+                await self._retire(old)
+                # The old app's close marked the shared per-app gauge not ready; the new one is.
+                metrics.APP_READY.labels(name).set(1)
+            log.info("app %s: loaded from %s", name, app_dir)
+            return new
+
+    async def unload_app(self, name):
+        """Stop serving app `name`: later calls get 404; calls it already admitted are answered first (bounded
+        by its request_timeout_s), then it is closed. Raises ServingError 404 when no such app is loaded."""
+        async with self._reloading:
+            app = self.get(name)
+            del self.apps[name]
+            await self._retire(app)
+            log.info("app %s: unloaded", name)
+
+    @staticmethod
+    async def _retire(app):
+        """Drain and close an app that is no longer in the registry."""
+        timeout = app.config.request_timeout_s if app.config is not None else 0.0
+        if not await app.drain(timeout):
+            log.warning("app %s: requests still pending after %.1fs; closing anyway", app.name, timeout)
+        await app.close()

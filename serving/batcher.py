@@ -9,6 +9,7 @@ then costs no latency. Requests whose caller cancelled or whose deadline passed 
 import asyncio
 import collections
 import logging
+import time
 
 from serving import batching, metrics
 from serving.errors import BAD_REQUEST, GATEWAY_TIMEOUT, TOO_MANY_REQUESTS, UNAVAILABLE, ServingError
@@ -36,6 +37,56 @@ _DEADLINE_PASSED = batching.Outcome(code=GATEWAY_TIMEOUT, message="deadline pass
 def _resolve(future, outcome):
     if not future.done():
         future.set_result(outcome)
+
+
+class BatcherStats:
+    """Running totals of one app's batcher, for KServe ModelStatistics (Triton's meaning of each field).
+
+    Counted when a batch has run: each request is a success or a failure by its outcome, with its time from
+    entering the queue to its answer; requests dropped because their deadline passed in the queue are failures.
+    Calls refused at admission (queue full, stuck app) never reach the queue and are not counted.
+    """
+
+    __slots__ = ("success_count", "success_ns", "fail_count", "fail_ns", "queue_count", "queue_ns",
+                 "compute_count", "compute_ns", "inference_count", "execution_count", "last_inference_ms",
+                 "batches")
+
+    def __init__(self):
+        self.success_count = self.success_ns = 0
+        self.fail_count = self.fail_ns = 0
+        self.queue_count = self.queue_ns = 0        # requests that reached net_inference, time they waited
+        self.compute_count = self.compute_ns = 0    # the same requests, time net_inference ran for them
+        self.inference_count = 0                    # images run through net_inference
+        self.execution_count = 0                    # net_inference calls
+        self.last_inference_ms = 0                  # wall-clock ms since the epoch of the last call's end
+        self.batches = {}                           # images per call -> [calls, total ns]
+
+    def record_batch(self, batch, outcomes, started, finished):
+        """One net_inference call over `batch` (items with queued_at), from `started` to `finished` (loop time)."""
+        compute_ns = int((finished - started) * 1e9)
+        images = sum(item.n_images for item in batch)
+        self.execution_count += 1
+        self.inference_count += images
+        self.compute_count += len(batch)
+        self.compute_ns += compute_ns * len(batch)
+        self.last_inference_ms = int(time.time() * 1000)
+        per_size = self.batches.setdefault(images, [0, 0])
+        per_size[0] += 1
+        per_size[1] += compute_ns
+        for item, outcome in zip(batch, outcomes):
+            self.queue_count += 1
+            self.queue_ns += int((started - item.queued_at) * 1e9)
+            if outcome.code == 0:
+                self.success_count += 1
+                self.success_ns += int((finished - item.queued_at) * 1e9)
+            else:
+                self.fail_count += 1
+                self.fail_ns += int((finished - item.queued_at) * 1e9)
+
+    def record_dropped(self, item, now):
+        """A request whose deadline passed while it waited."""
+        self.fail_count += 1
+        self.fail_ns += int((now - item.queued_at) * 1e9)
 
 
 class Batcher:
@@ -66,6 +117,7 @@ class Batcher:
         self._depth = metrics.QUEUE_DEPTH.labels(app)
         self._batch_sizes = metrics.BATCH_SIZE.labels(app)
         self._inference_seconds = metrics.INFERENCE_LATENCY.labels(app)
+        self.stats = BatcherStats()
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -236,6 +288,7 @@ class Batcher:
                 continue  # the caller cancelled or gave up
             if item.deadline <= now:
                 _resolve(item.future, _DEADLINE_PASSED)
+                self.stats.record_dropped(item, now)
                 continue
             live.append(item)
         return live
@@ -257,8 +310,10 @@ class Batcher:
                 log.exception("app %s: net_inference raised", self.app)
                 outcomes = batching.exception_outcomes(len(batch), exc)
             finally:
-                self._inference_seconds.observe(self._loop.time() - self._running_since)
-                self._running_since = None
+                finished = self._loop.time()
+                self._inference_seconds.observe(finished - self._running_since)
+                started, self._running_since = self._running_since, None
+            self.stats.record_batch(batch, outcomes, started, finished)
             for item, outcome in zip(batch, outcomes):
                 _resolve(item.future, outcome)
 

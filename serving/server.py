@@ -13,6 +13,7 @@ from serving.apps import READY, AppRegistry
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.dataplane import DataPlane
 from serving.proto import inference_pb2, inference_pb2_grpc
+from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
 
 log = logging.getLogger("serving.server")
@@ -43,6 +44,7 @@ class ServingServer:
         self.health = health.aio.HealthServicer()
         self._server = None
         self._health_task = None
+        self._health_apps = set()  # app names health was last set for, to see unloaded ones
 
     async def start(self):
         """Bind the port (0: an OS-assigned one, then in self.port), start serving, then load the apps."""
@@ -52,6 +54,8 @@ class ServingServer:
         ]
         self._server = grpc.aio.server(options=options)
         inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
+        # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
+        add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (NATIVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -72,14 +76,20 @@ class ServingServer:
         await self._update_health()
         await self.health.set("", _SERVING)
         await self.health.set(NATIVE_SERVICE, _SERVING)
+        await self.health.set(KSERVE_SERVICE, _SERVING)
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         for app in self.registry.apps.values():
             log.info("app %s: %s%s", app.name, app.effective_state, f" ({app.reason})" if app.reason else "")
         return self.port
 
     async def _update_health(self):
-        for app in self.registry.apps.values():
+        # A snapshot: RepositoryModelLoad/Unload may add or remove apps while health.set awaits.
+        for app in list(self.registry.apps.values()):
             await self.health.set(app.name, _SERVING if app.effective_state == READY else _NOT_SERVING)
+        # An app unloaded at run time (KServe RepositoryModelUnload) left the registry: it no longer serves.
+        for name in self._health_apps - self.registry.apps.keys():
+            await self.health.set(name, _NOT_SERVING)
+        self._health_apps = set(self.registry.apps)
 
     async def _watch_health(self):
         # A net_inference call that never returns cannot be interrupted; health is how it is seen.

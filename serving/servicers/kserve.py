@@ -1,0 +1,608 @@
+"""The Open Inference Protocol (KServe v2) over gRPC: `inference.GRPCInferenceService` for every app.
+
+Model name = app name; every app has one version, reported as "1" (a request may name "" or "1").
+
+Requests. A ModelInferRequest carries N instances, N being the first dimension of its inputs (all inputs must
+agree). Instance i becomes the eval request `{"data": data_i, "params": params}`:
+- inputs `body`, `uri`, `attribute` (BYTES, one element per row) become `data["body"]` (bytes), `data["uri"]`
+  (str) and `data["attribute"]` (decoded JSON);
+- any other input becomes `data[name]` = its row i: a read-only numpy array of the tensor's dtype with the
+  first dimension removed (for BYTES, an object array of bytes).
+Request parameters become `params`: a string parameter `params` holding a JSON object is decoded into the dict,
+then every other parameter is added by name (so `timeout`, `priority` reach the eval too; `timeout`, in
+microseconds as tritonclient sends it, also caps the call's deadline).
+
+Responses. Each key of the instances' results becomes an output:
+- a tensor [N, ...] when every successful instance returned a numpy array (or numpy scalar) of one dtype and
+  shape for it; rows of failed instances are zeros;
+- otherwise a BYTES [N] output holding each instance's value as JSON (`null` for failed instances and for
+  instances without the key; numpy values become lists/numbers, bytes become latin-1 text);
+plus `body` (BYTES [N], the eval's body bytes, empty for instances without one), `code` (INT32 [N], 0 for
+success) and `message` (BYTES [N]). Result keys named `code` or `message` are shadowed by these. The request's
+`outputs` list selects among them, in its order; a requested name that no instance produced is answered as a
+BYTES output of `null`s rather than failing an inference that worked. All data goes in `raw_output_contents`.
+
+Errors. With N = 1 and a failed instance, with every instance failed alike (a failed batch), or with a failure
+of the whole call, the call fails through `serving.errors.abort_with`: the status of the serving code, details
+= the message, the code in trailing metadata. With N > 1 otherwise the call succeeds and `code` says which
+instances failed. Unknown model: NOT_FOUND. Malformed request: INVALID_ARGUMENT naming what is wrong.
+
+Metadata. Python evals declare no tensors, so ModelMetadata and ModelConfig report the inputs `body`, `uri`,
+`attribute` (BYTES) and the outputs `code` (INT32) and `message` (BYTES), all of one element per instance
+(metadata shape [-1]; config dims [] under max_batch_size = the app's batch_size), platform "serving-python";
+an app accepts any other named input too and answers with whatever keys its results hold.
+
+Readiness. ServerReady: the apps have been loaded, the server is not shutting down, and every app is READY
+(Triton's rule: a FAILED or STUCK app makes the server not ready). ModelReady: the app's state is READY; an
+unknown model is simply not ready (as Triton answers, so pollers do not see an error during an unload).
+"""
+import asyncio
+import json
+import logging
+import math
+import struct
+
+import grpc
+import numpy as np
+
+import serving
+from serving.apps import READY
+from serving.batching import Outcome
+from serving.codec import parse_json
+from serving.dataplane import new_request_id
+from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServingError, abort_with
+from serving.proto import kserve_pb2 as pb
+
+log = logging.getLogger("serving.kserve")
+
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+PLATFORM = "serving-python"
+MODEL_VERSION = "1"
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+
+# KServe datatype names and their numpy dtypes, little-endian on the wire. BYTES has its own encoding.
+DATATYPES = {name: np.dtype(code).newbyteorder("<") for name, code in (
+    ("BOOL", "bool"), ("UINT8", "uint8"), ("UINT16", "uint16"), ("UINT32", "uint32"), ("UINT64", "uint64"),
+    ("INT8", "int8"), ("INT16", "int16"), ("INT32", "int32"), ("INT64", "int64"),
+    ("FP16", "float16"), ("FP32", "float32"), ("FP64", "float64"))}
+BYTES = "BYTES"
+_DATATYPE_OF = {dtype.name: name for name, dtype in DATATYPES.items()}
+# The typed `contents` field each datatype travels in (8- and 16-bit integers widened); FP16 has none.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", BYTES: "bytes_contents"}
+_CONFIG_TYPES = {**{name: pb.DataType.Value("TYPE_" + name) for name in DATATYPES}, BYTES: pb.TYPE_STRING}
+
+# The eval contract's data keys, carried as BYTES inputs with one element per instance.
+_DATA_KEYS = ("body", "uri", "attribute")
+_LENGTH = struct.Struct("<I")
+_NULL = b"null"
+
+
+# ---- requests -> eval requests -------------------------------------------------------------------------------
+
+def split_bytes_elements(raw, count, where):
+    """The `count` elements of a BYTES tensor's raw contents (each a 4-byte little-endian length, then the
+    bytes), as a list of bytes. ServingError 400 naming `where` when the lengths do not add up."""
+    elements = []
+    append = elements.append
+    unpack = _LENGTH.unpack_from
+    position, end = 0, len(raw)
+    for _ in range(count):
+        if position + 4 > end:
+            raise ServingError(BAD_REQUEST, f"{where}: BYTES contents end after {len(elements)} of {count} "
+                                            "elements")
+        (length,) = unpack(raw, position)
+        position += 4
+        if position + length > end:
+            raise ServingError(BAD_REQUEST, f"{where}: BYTES element {len(elements)} claims {length} bytes, "
+                                            f"{end - position} left")
+        append(raw[position:position + length])
+        position += length
+    if position != end:
+        raise ServingError(BAD_REQUEST, f"{where}: {end - position} bytes left after {count} BYTES elements")
+    return elements
+
+
+def join_bytes_elements(elements):
+    """The raw contents of a BYTES tensor holding `elements` (bytes)."""
+    pack = _LENGTH.pack
+    return b"".join(part for element in elements for part in (pack(len(element)), element))
+
+
+def _tensor_shape(tensor, where):
+    shape = tuple(tensor.shape)
+    if not shape:
+        raise ServingError(BAD_REQUEST, f"{where}: a scalar shape has no instances; the first dimension is the "
+                                        "number of instances")
+    if any(dim < 0 for dim in shape):
+        raise ServingError(BAD_REQUEST, f"{where}: negative dimension in shape {list(shape)}")
+    return shape
+
+
+def decode_input(tensor, raw, where):
+    """One input tensor as a numpy array of its shape (object array of bytes for BYTES), from its raw contents
+    (None: from its typed `contents`). ServingError 400 when datatype, shape and data disagree."""
+    shape = _tensor_shape(tensor, where)
+    count = math.prod(shape)
+    datatype = tensor.datatype
+    if datatype == BYTES:
+        if raw is not None:
+            elements = split_bytes_elements(raw, count, where)
+        else:
+            elements = list(tensor.contents.bytes_contents)
+            if len(elements) != count:
+                raise ServingError(BAD_REQUEST, f"{where}: shape {list(shape)} needs {count} BYTES elements, got "
+                                                f"{len(elements)}")
+        array = np.empty(count, dtype=object)
+        array[:] = elements
+        return array.reshape(shape)
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise ServingError(BAD_REQUEST, f"{where}: unknown datatype {datatype!r}; allowed: "
+                                        f"{', '.join([*DATATYPES, BYTES])}")
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise ServingError(BAD_REQUEST, f"{where}: shape {list(shape)} of {datatype} needs "
+                                            f"{count * dtype.itemsize} bytes, got {len(raw)}")
+        array = np.frombuffer(raw, dtype=dtype)
+    else:
+        field = _CONTENTS_FIELD.get(datatype)
+        if field is None:
+            raise ServingError(BAD_REQUEST, f"{where}: {datatype} data must be sent in raw_input_contents")
+        values = getattr(tensor.contents, field)
+        if len(values) != count:
+            raise ServingError(BAD_REQUEST, f"{where}: shape {list(shape)} needs {count} values in "
+                                            f"contents.{field}, got {len(values)}")
+        array = np.array(values, dtype=dtype)
+        array.flags.writeable = False  # like the raw path's view of the message: evals copy before writing
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    return array.reshape(shape)
+
+
+def _data_key_value(name, element, where):
+    """The Python value of one `body`/`uri`/`attribute` element."""
+    if name == "body":
+        return element
+    try:
+        text = element.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ServingError(BAD_REQUEST, f"{where} is not UTF-8") from None
+    if name == "uri":
+        return text
+    return parse_json(text, where, want_object=False)
+
+
+def _parameter_value(parameter):
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind else None
+
+
+def request_params(request):
+    """The eval params of a request: the JSON object of a string parameter `params`, then every other
+    parameter by name."""
+    params = {}
+    packed = request.parameters.get("params")
+    if packed is not None and packed.WhichOneof("parameter_choice") == "string_param":
+        params.update(parse_json(packed.string_param, "parameter 'params'", want_object=True))
+    for key, parameter in request.parameters.items():
+        if key == "params" and parameter.WhichOneof("parameter_choice") == "string_param":
+            continue
+        params[key] = _parameter_value(parameter)
+    return params
+
+
+def request_to_eval_requests(request):
+    """The N eval requests `{"data": ..., "params": ...}` of a ModelInferRequest, one per instance."""
+    if not request.inputs:
+        raise ServingError(BAD_REQUEST, "the request holds no inputs")
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise ServingError(BAD_REQUEST, f"{len(request.inputs)} inputs but {len(raw_contents)} "
+                                        "raw_input_contents: send one per input, or none")
+    columns, n, seen = [], None, set()
+    for index, tensor in enumerate(request.inputs):
+        where = f"input {tensor.name!r}"
+        if not tensor.name or tensor.name in seen:
+            raise ServingError(BAD_REQUEST, f"input {index}: " + ("no name" if not tensor.name else
+                                                                  f"{tensor.name!r} given twice"))
+        seen.add(tensor.name)
+        array = decode_input(tensor, raw_contents[index] if raw_contents else None, where)
+        if n is None:
+            n = array.shape[0]
+        elif array.shape[0] != n:
+            raise ServingError(BAD_REQUEST, f"{where} has {array.shape[0]} instances (first dimension), input "
+                                            f"{request.inputs[0].name!r} has {n}")
+        if tensor.name in _DATA_KEYS:
+            if tensor.datatype != BYTES or math.prod(array.shape[1:]) != 1:
+                raise ServingError(BAD_REQUEST, f"{where} must be BYTES with one element per instance, got "
+                                                f"{tensor.datatype} of shape {list(array.shape)}")
+            values = [_data_key_value(tensor.name, element, f"{where}[{i}]")
+                      for i, element in enumerate(array.reshape(n))]
+        else:
+            values = array  # rows are taken per instance below: views, no copies
+        columns.append((tensor.name, values))
+    if not n:
+        raise ServingError(BAD_REQUEST, "the request holds no instances (first dimension 0)")
+    params = request_params(request)
+    return [{"data": {name: values[i] for name, values in columns}, "params": dict(params)} for i in range(n)]
+
+
+def request_timeout_s(request, context):
+    """The caller's remaining time: the gRPC deadline, capped by a `timeout` parameter in microseconds."""
+    remaining = context.time_remaining()
+    timeout = request.parameters.get("timeout")
+    if timeout is not None and timeout.WhichOneof("parameter_choice") in ("int64_param", "uint64_param"):
+        micros = _parameter_value(timeout)
+        if micros > 0:
+            remaining = micros / 1e6 if remaining is None else min(remaining, micros / 1e6)
+    return remaining
+
+
+# ---- outcomes -> outputs -------------------------------------------------------------------------------------
+
+class _Unset:
+    """A result key absent from an instance's result."""
+
+
+_UNSET = _Unset()
+
+
+def _result_dict(outcome):
+    result = outcome.result
+    if result is None:
+        return {}
+    return result if isinstance(result, dict) else {"result": result}
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("latin-1")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _tensor_like(values):
+    """(dtype, shape) when every value is a numpy array/scalar of one supported dtype and one shape, else None."""
+    first = values[0]
+    if not isinstance(first, (np.ndarray, np.generic)) or first.dtype.name not in _DATATYPE_OF:
+        return None
+    dtype, shape = first.dtype, first.shape
+    for value in values[1:]:
+        if not isinstance(value, (np.ndarray, np.generic)) or value.dtype != dtype or value.shape != shape:
+            return None
+    return dtype, shape
+
+
+def _tensor_output(name, dtype, shape, results, ok):
+    stacked = np.zeros((len(results), *shape), dtype=dtype.newbyteorder("<"))
+    for i, result in enumerate(results):
+        if ok[i]:
+            stacked[i] = result[name]
+    tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=_DATATYPE_OF[dtype.name],
+                                                     shape=stacked.shape)
+    return tensor, stacked.tobytes()
+
+
+def _bytes_output(name, elements):
+    tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=BYTES, shape=[len(elements)])
+    return tensor, join_bytes_elements(elements)
+
+
+def build_response(request, outcomes, request_id):
+    """The ModelInferResponse of N outcomes (see the module docstring for the mapping)."""
+    outcomes = list(outcomes)
+    ok = [outcome.ok for outcome in outcomes]
+    results = [_result_dict(outcome) if ok[i] else {} for i, outcome in enumerate(outcomes)]
+    keys = {}  # result keys in first-seen order (a dict keeps insertion order)
+    for result in results:
+        keys.update(dict.fromkeys(result))
+    for reserved in ("code", "message"):
+        keys.pop(reserved, None)
+    wanted = [output.name for output in request.outputs]
+    names = wanted or [*keys, *(["body"] if any(o.body for o in outcomes) else []), "code", "message"]
+
+    # Tensors are decided first; JSON encoding may then fail an instance, whose tensor rows become zeros.
+    kinds, encoded = {}, {}
+    for name in names:
+        if name in ("code", "message") or (name == "body" and name not in keys):
+            continue
+        values = [result[name] for i, result in enumerate(results) if ok[i] and name in result]
+        if values and len(values) == sum(ok):
+            kinds[name] = _tensor_like(values)
+    for name in names:
+        if name in ("code", "message") or kinds.get(name) is not None or (name == "body" and name not in keys):
+            continue
+        column = []
+        for i, result in enumerate(results):
+            value = result.get(name, _UNSET) if ok[i] else _UNSET
+            if value is _UNSET:
+                column.append(_NULL)
+                continue
+            try:
+                column.append(json.dumps(value, default=_json_default).encode("utf-8"))
+            except (TypeError, ValueError) as exc:
+                outcomes[i] = Outcome(code=INTERNAL, message=f"result {name!r} cannot be sent: {exc}")
+                ok[i] = False
+                column.append(_NULL)
+        encoded[name] = column
+    for i in [i for i in range(len(outcomes)) if not ok[i]]:
+        for column in encoded.values():
+            column[i] = _NULL  # an instance failed by a later key's encoding holds null in every key
+
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION, id=request.id)
+    for name in names:
+        if name == "code":
+            tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype="INT32", shape=[len(outcomes)])
+            raw = np.array([outcome.code for outcome in outcomes], dtype="<i4").tobytes()
+        elif name == "message":
+            tensor, raw = _bytes_output(name, [outcome.message.encode("utf-8") for outcome in outcomes])
+        elif name == "body" and name not in keys:
+            tensor, raw = _bytes_output(name, [outcome.body if ok[i] else b"" for i, outcome in enumerate(outcomes)])
+        elif kinds.get(name) is not None:
+            tensor, raw = _tensor_output(name, *kinds[name], results, ok)
+        else:
+            tensor, raw = _bytes_output(name, encoded[name])
+        response.outputs.append(tensor)
+        response.raw_output_contents.append(raw)
+    return response, outcomes
+
+
+def call_failure(outcomes):
+    """The (code, message) the whole call fails with, or None: N = 1 and failed, or every instance failed with
+    the same code and message (a failed batch)."""
+    first = outcomes[0]
+    if first.ok:
+        return None
+    if all(o.code == first.code and o.message == first.message for o in outcomes[1:]):
+        return first.code, first.message
+    return None
+
+
+# ---- the servicer --------------------------------------------------------------------------------------------
+
+class KServeServicer:
+    """`inference.GRPCInferenceService` over the apps of a DataPlane's registry.
+
+    `started()` says whether the server has loaded its apps and is not shutting down (ServerReady needs it).
+    """
+
+    def __init__(self, dataplane, started):
+        self.dataplane = dataplane
+        self.registry = dataplane.registry
+        self._started = started
+
+    def _app(self, name, version=""):
+        if version not in ("", MODEL_VERSION):
+            raise ServingError(NOT_FOUND, f"app {name!r} has no version {version!r}; its one version is "
+                                          f"{MODEL_VERSION!r}")
+        return self.registry.get(name)
+
+    # ---- health and metadata ---------------------------------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        ready = self._started() and all(app.effective_state == READY for app in self.registry.apps.values())
+        return pb.ServerReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="serving", version=serving.__version__, extensions=EXTENSIONS)
+
+    async def ModelReady(self, request, context):
+        app = self.registry.apps.get(request.name)
+        ready = app is not None and request.version in ("", MODEL_VERSION) and app.effective_state == READY
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(self, request, context):
+        try:
+            app = self._app(request.name, request.version)
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message)
+        meta = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=app.name, versions=[MODEL_VERSION], platform=PLATFORM,
+            inputs=[meta(name=name, datatype=BYTES, shape=[-1]) for name in _DATA_KEYS],
+            outputs=[meta(name="code", datatype="INT32", shape=[-1]), meta(name="message", datatype=BYTES,
+                                                                            shape=[-1])])
+
+    async def ModelConfig(self, request, context):
+        try:
+            app = self._app(request.name, request.version)
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message)
+        config = pb.ModelConfig(
+            name=app.name, platform=PLATFORM, backend="python",
+            max_batch_size=app.config.batch_size if app.config is not None else 0,
+            input=[pb.ModelInput(name=name, data_type=pb.TYPE_STRING) for name in _DATA_KEYS],
+            output=[pb.ModelOutput(name="code", data_type=_CONFIG_TYPES["INT32"]),
+                    pb.ModelOutput(name="message", data_type=pb.TYPE_STRING)])
+        return pb.ModelConfigResponse(config=config)
+
+    # ---- inference -------------------------------------------------------------------------------------------
+
+    async def _infer(self, request, context):
+        """The response to one ModelInferRequest; ServingError when the call fails as a whole."""
+        request_id = request.id[:128] or new_request_id()
+        self._app(request.model_name, request.model_version)  # NOT_FOUND before any decoding work
+        requests = request_to_eval_requests(request)
+        outcomes = await self.dataplane.infer(request.model_name, None, requests, request_id,
+                                              request_timeout_s(request, context))
+        failure = call_failure(outcomes)
+        if failure is not None:
+            raise ServingError(*failure)
+        response, outcomes = build_response(request, outcomes, request_id)
+        failure = call_failure(outcomes)  # an instance may have failed in encoding its result
+        if failure is not None:
+            raise ServingError(*failure)
+        return response
+
+    async def ModelInfer(self, request, context):
+        try:
+            return await self._infer(request, context)
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message, request.id or None)
+        except Exception:
+            # A bug of ours: the traceback goes to the log, never onto the wire.
+            log.exception("[%s] ModelInfer failed", request.id)
+            return await abort_with(context, INTERNAL, f"internal error (request id {request.id!r})",
+                                    request.id or None)
+
+    async def _stream_answer(self, request, context):
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+        except ServingError as exc:
+            return pb.ModelStreamInferResponse(
+                error_message=f"[{exc.code}] {exc.message}",
+                infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id))
+        except Exception:
+            log.exception("[%s] ModelStreamInfer request failed", request.id)
+            return pb.ModelStreamInferResponse(error_message=f"[{INTERNAL}] internal error",
+                                               infer_response=pb.ModelInferResponse(id=request.id))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Each request is answered by one response, in the order answers are ready (match them by `id`):
+        requests of one stream run concurrently, so they batch with each other. Errors go in error_message
+        (prefixed by the serving code) and the stream continues."""
+        loop = asyncio.get_running_loop()
+        answers = asyncio.Queue()
+        end_of_input = object()
+        tasks = set()
+        asked = 0
+
+        async def answer(request):
+            answers.put_nowait(await self._stream_answer(request, context))
+
+        async def read():
+            nonlocal asked
+            try:
+                async for request in request_iterator:
+                    asked += 1
+                    task = loop.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                answers.put_nowait(end_of_input)
+
+        reader = loop.create_task(read())
+        answered, reading = 0, True
+        try:
+            while reading or answered < asked:
+                item = await answers.get()
+                if item is end_of_input:
+                    reading = False
+                    continue
+                answered += 1
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # ---- statistics ------------------------------------------------------------------------------------------
+
+    async def ModelStatistics(self, request, context):
+        try:
+            apps = [self._app(request.name, request.version)] if request.name else list(self.registry.apps.values())
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message)
+        return pb.ModelStatisticsResponse(model_stats=[_app_statistics(app) for app in apps])
+
+    # ---- repository ------------------------------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request, context):
+        try:
+            on_disk = self.registry.folders()
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = []
+        for name in sorted(set(on_disk) | set(self.registry.apps)):
+            app = self.registry.apps.get(name)
+            if app is None:
+                entry = index(name=name, state="UNAVAILABLE", reason="not loaded")
+            else:
+                info = app.info()
+                entry = index(name=name, version=MODEL_VERSION, state=info["state"], reason=info["reason"])
+            if not request.ready or entry.state == READY:
+                models.append(entry)
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            if request.parameters:
+                raise ServingError(BAD_REQUEST, "RepositoryModelLoad takes no parameters here (got "
+                                                f"{', '.join(sorted(request.parameters))}): edit the app folder "
+                                                "and load it")
+            await self.registry.load_app(request.model_name)
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            # tritonclient always sends `unload_dependents`: apps have no dependents, so it changes nothing.
+            await self.registry.unload_app(request.model_name)
+        except ServingError as exc:
+            return await abort_with(context, exc.code, exc.message)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _duration(count, ns):
+    return pb.StatisticDuration(count=count, ns=ns)
+
+
+def _app_statistics(app):
+    stats = app.batcher.stats if app.batcher is not None else None
+    message = pb.ModelStatistics(name=app.name, version=MODEL_VERSION)
+    if stats is None:
+        return message
+    message.last_inference = stats.last_inference_ms
+    message.inference_count = stats.inference_count
+    message.execution_count = stats.execution_count
+    infer = message.inference_stats
+    infer.success.CopyFrom(_duration(stats.success_count, stats.success_ns))
+    infer.fail.CopyFrom(_duration(stats.fail_count, stats.fail_ns))
+    infer.queue.CopyFrom(_duration(stats.queue_count, stats.queue_ns))
+    infer.compute_infer.CopyFrom(_duration(stats.compute_count, stats.compute_ns))
+    for size, (count, ns) in sorted(stats.batches.items()):
+        message.batch_stats.add(batch_size=size, compute_infer=_duration(count, ns))
+    return message
+
+
+# ---- registration --------------------------------------------------------------------------------------------
+
+_UNARY = {
+    "ServerLive": pb.ServerLiveRequest, "ServerReady": pb.ServerReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest, "ModelReady": pb.ModelReadyRequest,
+    "ModelMetadata": pb.ModelMetadataRequest, "ModelConfig": pb.ModelConfigRequest,
+    "ModelInfer": pb.ModelInferRequest, "ModelStatistics": pb.ModelStatisticsRequest,
+    "RepositoryIndex": pb.RepositoryIndexRequest, "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
+    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
+}
+
+
+def add_kserve_servicer_to_server(dataplane, server, started):
+    """Serve `inference.GRPCInferenceService` on `server`. The handlers are registered under the published
+    service name by hand because the messages live in their own proto package (see protos/kserve.proto)."""
+    servicer = KServeServicer(dataplane, started)
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=message.FromString,
+                                                  response_serializer=_serialize)
+        for name, message in _UNARY.items()
+    }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=_serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KSERVE_SERVICE, handlers),))
+    return servicer
+
+
+def _serialize(message):
+    return message.SerializeToString()
