@@ -6,7 +6,9 @@
         monitor_rt_load, monitor_rt_forward, monitor_rt_post
     from evals.utils import *
     from evals.utils.error import *
-    from evals.utils.image import load_image
+    from evals.utils import error as _error
+from evals.utils import helpers as _helpers
+from evals.utils.image import load_image
     from evals.utils.logger import logger
 
 Modules: :mod:`~evals.utils.handlers` (the decorators), :mod:`~evals.utils.context` (``CTX``),
@@ -62,6 +64,8 @@ from evals.utils.helpers import (
     parse_params_file,
     value_check,
 )
+from evals.utils import error as _error
+from evals.utils import helpers as _helpers
 from evals.utils.image import load_image
 from evals.utils.logger import logger
 from evals.utils.monitor import (
@@ -81,30 +85,8 @@ __all__ = [
     "net_preprocess_handler",
     "net_inference_handler",
     "CTX",
-    # errors
-    "ErrorBase",
-    "ErrorConfig",
-    "ErrorFileNotExist",
-    "ErrorRemoteURI",
-    "ErrorCV2ImageRead",
-    "ErrorImageTooSmall",
-    "ErrorImageNdim",
-    "ErrorImageTooLarge",
-    "ErrorInvalidPTS",
-    "ErrorOutOfBatchSize",
-    "ErrorTransformImage",
-    "ErrorNoPTS",
-    "ErrorForwardInference",
-    # helpers
-    "value_check",
-    "file_check",
-    "_make_synset",
-    "make_synset",
-    "_make_tag",
-    "parse_crop_size",
-    "infer_input_unmarshal",
-    "infer_output_marshal",
-    "parse_params_file",
+    *_error.__all__,
+    *_helpers.__all__,
     # images, logging, monitoring
     "load_image",
     "logger",

@@ -243,6 +243,14 @@ def character_error_rate(references, hypotheses):
     return edits / chars if chars else None
 
 
+def _labelled(labels, predictions, matched):
+    """(file name, expected label, result) of every prediction whose file has a label, in prediction order."""
+    for name, result in predictions.items():
+        label_name = matched.get(normalize_name(name))
+        if label_name is not None:
+            yield name, labels[label_name], result
+
+
 def score_text(labels, predictions, *, text_key=None, max_mismatches=MAX_MISMATCHES):
     """Exact-match accuracy and CER of text results against {file name: expected string}.
 
@@ -253,11 +261,7 @@ def score_text(labels, predictions, *, text_key=None, max_mismatches=MAX_MISMATC
     n_scored = n_correct = total_edits = total_chars = 0
     mismatches = []
     n_mismatches = 0
-    for name, result in predictions.items():
-        label_name = matched.get(normalize_name(name))
-        if label_name is None:
-            continue
-        expected = labels[label_name]
+    for name, expected, result in _labelled(labels, predictions, matched):
         predicted = text_prediction(result, text_key)
         edits = Levenshtein.distance(expected, predicted or "")
         correct = result is not None and (predicted or "") == expected
@@ -308,11 +312,8 @@ def score_class(labels, predictions, *, max_mismatches=MAX_MISMATCHES):
     pairs = []
     mismatches = []
     n_mismatches = 0
-    for name, result in predictions.items():
-        label_name = matched.get(normalize_name(name))
-        if label_name is None:
-            continue
-        expected, predicted = labels[label_name], class_prediction(result)
+    for name, expected, result in _labelled(labels, predictions, matched):
+        predicted = class_prediction(result)
         pairs.append((expected, predicted))
         if expected != predicted:
             n_mismatches += 1
