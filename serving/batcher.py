@@ -170,11 +170,11 @@ class Batcher:
         for size in sizes:
             if size > self.batch_size:
                 raise ServingError(BAD_REQUEST, f"a request of {size} images is over the batch_size of app "
-                                        f"{self.app} ({self.batch_size})")
+                                                f"{self.app} ({self.batch_size})")
         images = sum(sizes)
         if images > self.capacity:
-            raise ServingError(BAD_REQUEST, f"a call of {images} images can never fit the queue of app {self.app} "
-                                    f"(queue_size {self.capacity}); split it")
+            raise ServingError(BAD_REQUEST, f"a call of {images} images can never fit the queue of app "
+                                            f"{self.app} (queue_size {self.capacity}); split it")
         if self._admitted + images > self.capacity:
             raise ServingError(TOO_MANY_REQUESTS, f"app {self.app} queue is full ({self._admitted} of "
                                                   f"{self.capacity} images waiting); retry later")
@@ -192,8 +192,7 @@ class Batcher:
                 self._preprocessing += 1
                 loop.create_task(self._run_preprocess(item))
         # One timer per call: at the deadline it answers what is still pending with 504, and the loop drops it.
-        expired = []
-        timer = loop.call_at(deadline, self._expire, items, expired)
+        timer = loop.call_at(deadline, self._expire, items)
         try:
             outcomes = [await item.future for item in items]
         finally:
@@ -201,13 +200,13 @@ class Batcher:
             for item in items:  # the caller is gone (cancelled): the loop drops what is still pending
                 if not item.future.done():
                     item.future.cancel()
-        if expired:
+        # Decided by the outcomes, not by whether the timer ran: it may fire after the last answer arrived.
+        if any(outcome is _DEADLINE_PASSED for outcome in outcomes):
             raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
         return outcomes
 
     @staticmethod
-    def _expire(items, expired):
-        expired.append(True)
+    def _expire(items):
         for item in items:
             _resolve(item.future, _DEADLINE_PASSED)
 
