@@ -4,17 +4,23 @@
     serving infer --target HOST:PORT --app NAME FILE...
     serving test  --app NAME (--images DIR | --list FILE) [--target HOST:PORT | --evals DIR] [--labels FILE]
     serving apps  --target HOST:PORT
+    serving health [--target HOST:PORT] [--service NAME]
+    serving build APP_DIR --out DIR [--device cpu|gpu] [--force]
+
+Security (README "Security"): serve [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+[--data-root DIR]...; infer, test and apps [--token TOKEN] [--tls-ca PEM] [--tls-cert PEM --tls-key PEM].
 """
 import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.harness.runner import to_jsonable
-from serving.errors import ServingError
+from serving.errors import BAD_REQUEST, ServingError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -36,22 +42,55 @@ def _params(text):
     return value
 
 
+def _add_client_security(parser):
+    """The security flags of a client command (infer, test, apps): bearer token and TLS."""
+    parser.add_argument("--token", default=os.environ.get("SERVING_TOKEN") or None,
+                        help="bearer token sent on every call [SERVING_TOKEN; prefer it: flags show in ps]")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="PEM CA of the server's certificate (TLS)")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
+
+
+def _client_security(args):
+    """The Client keyword arguments of the client security flags."""
+    return {"token": args.token, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the apps of an evals dir over gRPC")
-    serve.add_argument("--evals", default="evals", help="folder of app folders (or a classic evals/eval.py)")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=9000, help="gRPC port; 0 picks a free one")
-    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus text on this port")
-    serve.add_argument("--app-name", default=None, help="the app name of a classic evals/eval.py layout")
-    serve.add_argument("--strict", action="store_true", help="fail start-up when any app fails to load")
+    # In a container the flags come from the environment: each SERVING_* variable is the default of its flag
+    # (argparse converts a string default with the flag's type, so a bad SERVING_PORT fails like a bad --port).
+    serve = commands.add_parser(
+        "serve", help="serve the apps of an evals dir over gRPC",
+        epilog="Environment: SERVING_EVALS, SERVING_HOST, SERVING_PORT, SERVING_METRICS_PORT, SERVING_APP_NAME, "
+               "SERVING_STRICT (1/true/yes/on) and SERVING_WORKERS set the defaults of the flags; flags win.")
+    serve.add_argument("--evals", default=os.environ.get("SERVING_EVALS", "evals"),
+                       help="folder of app folders (or a classic evals/eval.py) [SERVING_EVALS]")
+    serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "0.0.0.0"), help="[SERVING_HOST]")
+    serve.add_argument("--port", type=int, default=os.environ.get("SERVING_PORT", "9000"),
+                       help="gRPC port; 0 picks a free one [SERVING_PORT]")
+    serve.add_argument("--metrics-port", type=int, default=os.environ.get("SERVING_METRICS_PORT") or None,
+                       help="Prometheus text on this port [SERVING_METRICS_PORT]")
+    serve.add_argument("--app-name", default=os.environ.get("SERVING_APP_NAME") or None,
+                       help="the app name of a classic evals/eval.py layout [SERVING_APP_NAME]")
+    serve.add_argument("--strict", action="store_true", default=_env_flag("SERVING_STRICT"),
+                       help="fail start-up when any app fails to load [SERVING_STRICT]")
     serve.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20)
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls in flight on SIGTERM")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="serving processes sharing the port, supervised (each loads every app)")
+    serve.add_argument("--workers", type=int, default=os.environ.get("SERVING_WORKERS", "1"),
+                       help="serving processes sharing the port, supervised (each loads every app) [SERVING_WORKERS]")
+    serve.add_argument("--auth-tokens", metavar="FILE", default=os.environ.get("SERVING_AUTH_TOKENS_FILE") or None,
+                       help="token file: every call but health needs 'authorization: Bearer <token>' "
+                            "[SERVING_AUTH_TOKENS_FILE]")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate: serve TLS")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, default=None,
+                       help="PEM CA: require client certificates it signed (mutual TLS)")
+    serve.add_argument("--data-root", metavar="DIR", action="append", default=[],
+                       help="a folder whose files a request's uri may name (repeatable); none: uris are refused")
 
     infer = commands.add_parser("infer", help="send files to an app, print one JSON result per file")
     infer.add_argument("--target", type=_target, required=True, help="HOST:PORT")
@@ -60,6 +99,7 @@ def build_parser():
     infer.add_argument("--params", type=_params, default=None, help="JSON object sent as params")
     infer.add_argument("--timeout", type=float, default=30.0)
     infer.add_argument("files", nargs="+", type=Path)
+    _add_client_security(infer)
 
     test = commands.add_parser("test", help="run a folder of images through an app: results, scores, report")
     test.add_argument("--app", required=True)
@@ -77,10 +117,30 @@ def build_parser():
     test.add_argument("--params", type=_params, default=None)
     test.add_argument("--timeout", type=float, default=60.0)
     test.add_argument("--no-progress", action="store_true")
+    _add_client_security(test)
 
     apps = commands.add_parser("apps", help="list the apps of a server with their state and settings")
     apps.add_argument("--target", type=_target, required=True)
+    _add_client_security(apps)
+
+    health = commands.add_parser("health", help="grpc.health.v1 check: exit 0 iff the server reports SERVING")
+    health.add_argument("--target", type=_target, default=f"localhost:{os.environ.get('SERVING_PORT', '9000')}",
+                        help="HOST:PORT (default localhost:$SERVING_PORT, for a container's HEALTHCHECK)")
+    health.add_argument("--service", default="", help="service or app name; default: the whole server")
+    health.add_argument("--timeout", type=float, default=3.0)
+
+    build = commands.add_parser("build", help="write the Docker build context of one app (seed 003's build_pre)")
+    build.add_argument("app_dir", type=Path, help="the app folder, e.g. evals/shapes")
+    build.add_argument("--out", type=Path, required=True, help="the context folder to write")
+    build.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="which dockerfiles/Dockerfile.*")
+    build.add_argument("--app-name", default=None, help="the app's name in the image (default: the folder name)")
+    build.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out")
     return parser
+
+
+def _env_flag(name):
+    """A boolean environment variable: 1/true/yes/on (any case) is true, anything else false."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _worker_args(args):
@@ -91,7 +151,28 @@ def _worker_args(args):
         out += ["--app-name", args.app_name]
     if args.strict:
         out.append("--strict")
+    if args.auth_tokens:
+        out += ["--auth-tokens", str(args.auth_tokens)]
+    for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                        ("--tls-client-ca", args.tls_client_ca)):
+        if value is not None:
+            out += [flag, str(value)]
+    for root in args.data_root:
+        out += ["--data-root", root]
     return out
+
+
+def _serve_security(args):
+    """(tokens, credentials) of the serve security flags; ServingError for a bad combination or file. Read before
+    `--workers` starts anything, so a bad token file or certificate stops start-up at once."""
+    from serving.auth import load_tokens
+    from serving.tls import server_credentials
+
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and args.tls_cert is None):
+        raise ServingError(BAD_REQUEST, "--tls-cert and --tls-key go together; --tls-client-ca needs them")
+    tokens = load_tokens(args.auth_tokens) if args.auth_tokens else None
+    credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    return tokens, credentials
 
 
 def cmd_serve(args):
@@ -100,6 +181,12 @@ def cmd_serve(args):
     if args.workers < 1:
         print("serving serve: --workers must be >= 1", file=sys.stderr)
         return 2
+    try:
+        tokens, credentials = _serve_security(args)
+    except ServingError as exc:
+        # Exit status 1, a start-up failure: the --workers supervisor does not restart it.
+        print(f"serving: {exc.message}", file=sys.stderr)
+        return 1
     if args.workers > 1:
         from serving.workers import reserve_port, supervise
 
@@ -108,7 +195,7 @@ def cmd_serve(args):
 
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,
-                           strict=args.strict)
+                           strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root)
     try:
         asyncio.run(serve_until_signalled(server, grace=args.grace))
     except ServingError as exc:
@@ -121,7 +208,7 @@ def cmd_infer(args):
     from serving.client import Client
 
     failed = 0
-    with Client(*args.target, args.app, args.method, timeout=args.timeout) as client:
+    with Client(*args.target, args.app, args.method, timeout=args.timeout, **_client_security(args)) as client:
         for path in args.files:
             try:
                 body = path.read_bytes()
@@ -147,7 +234,7 @@ def cmd_test(args):
     if args.target:
         from serving.client import Client
 
-        runner = Client(*args.target, args.app, timeout=args.timeout)
+        runner = Client(*args.target, args.app, timeout=args.timeout, **_client_security(args))
     else:
         from serving.inprocess import InProcessRunner
 
@@ -168,18 +255,53 @@ def cmd_test(args):
 
 
 def cmd_apps(args):
-    from serving.client import Client
+    import grpc
 
-    with Client(*args.target, "") as client:
-        for app in client.apps():
+    from serving.client import Client, error_of
+
+    with Client(*args.target, "", **_client_security(args)) as client:
+        try:
+            apps = client.apps()
+        except grpc.RpcError as exc:
+            print(f"serving apps: {json.dumps(error_of(exc))} ({exc.code().name})", file=sys.stderr)
+            return 1
+        for app in apps:
             print(json.dumps(app))
+    return 0
+
+
+def cmd_health(args):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = "%s:%d" % args.target
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{target} {args.service or '(server)'}: {exc.code().name} {exc.details() or ''}".rstrip(),
+                  file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{target} {args.service or '(server)'}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_build(args):
+    from serving.build import build_context, docker_build_command
+
+    out_dir = build_context(args.app_dir, args.out, device=args.device, app_name=args.app_name, force=args.force)
+    print(f"build context: {out_dir}")
+    print(docker_build_command(out_dir, args.app_name or args.app_dir.resolve().name, args.device))
     return 0
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    command = {"serve": cmd_serve, "infer": cmd_infer, "test": cmd_test, "apps": cmd_apps}[args.command]
+    command = {"serve": cmd_serve, "infer": cmd_infer, "test": cmd_test, "apps": cmd_apps,
+               "health": cmd_health, "build": cmd_build}[args.command]
     try:
         return command(args)
     except ServingError as exc:

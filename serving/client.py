@@ -13,16 +13,22 @@ plain values otherwise, "body" when the eval returned bytes), or {"error": messa
 instance. A failure of the whole call returns one dict {"error": message, "code": code}.
 
 `AsyncClient` has the same interface with `async def infer`, for callers with many calls in flight.
+
+Security: `token` is sent as `authorization: Bearer <token>` on every call. `tls_ca` (the CA that signed the
+server's certificate; None: the system's roots), `tls_cert` and `tls_key` (a client certificate, for mutual TLS)
+are PEM file paths or PEM bytes; giving any of them makes the channel TLS (see serving.tls).
 """
 import json
 
 import grpc
 
 from serving import codec
+from serving.auth import AUTHORIZATION_METADATA_KEY
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.errors import CODE_METADATA_KEY, REQUEST_ID_METADATA_KEY, code_for_grpc_status
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
+from serving.tls import channel_credentials
 
 
 def _channel_options(max_message_bytes):
@@ -47,18 +53,32 @@ def error_of(rpc_error):
 
 class _ClientBase:
     def __init__(self, host, port, servable_name, method_name="inference", *, timeout=None, request_id=None,
-                 max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, token=None, tls_ca=None, tls_cert=None, tls_key=None):
         self.target = f"{host}:{port}"
         self.app = servable_name
         self.method = method_name
         self.timeout = timeout
         self.request_id = request_id
         self._options = _channel_options(max_message_bytes)
+        self._auth = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),) if token else ()
+        tls = (tls_ca, tls_cert, tls_key)
+        self._credentials = channel_credentials(*tls) if any(v is not None for v in tls) else None
+
+    def _metadata(self):
+        metadata = self._auth
+        if self.request_id:
+            metadata += ((REQUEST_ID_METADATA_KEY, self.request_id),)
+        return metadata or None
 
     def _call_args(self, instances, params):
         request = codec.instances_to_request(self.app, self.method, instances, params)
-        metadata = ((REQUEST_ID_METADATA_KEY, self.request_id),) if self.request_id else None
-        return request, {"timeout": self.timeout, "metadata": metadata}
+        return request, {"timeout": self.timeout, "metadata": self._metadata()}
+
+    def _open_channel(self, grpc_module):
+        """A channel of `grpc_module` (grpc or grpc.aio) to the target: TLS when TLS was asked for."""
+        if self._credentials is not None:
+            return grpc_module.secure_channel(self.target, self._credentials, options=self._options)
+        return grpc_module.insecure_channel(self.target, options=self._options)
 
     @staticmethod
     def _results(response):
@@ -70,7 +90,7 @@ class Client(_ClientBase):
 
     def __init__(self, host, port, servable_name, method_name="inference", **kwargs):
         super().__init__(host, port, servable_name, method_name, **kwargs)
-        self._channel = grpc.insecure_channel(self.target, options=self._options)
+        self._channel = self._open_channel(grpc)
         self._stub = pb_grpc.InferenceStub(self._channel)
 
     def infer(self, instances, params=None):
@@ -82,7 +102,7 @@ class Client(_ClientBase):
 
     def apps(self):
         """[{name, state, reason, config, methods}] of every app the server holds."""
-        response = self._stub.ListApps(pb.ListAppsRequest(), timeout=self.timeout)
+        response = self._stub.ListApps(pb.ListAppsRequest(), timeout=self.timeout, metadata=self._metadata())
         return [_app_dict(app) for app in response.apps]
 
     def close(self):
@@ -100,7 +120,7 @@ class AsyncClient(_ClientBase):
 
     def __init__(self, host, port, servable_name, method_name="inference", **kwargs):
         super().__init__(host, port, servable_name, method_name, **kwargs)
-        self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+        self._channel = self._open_channel(grpc.aio)
         self._stub = pb_grpc.InferenceStub(self._channel)
 
     async def infer(self, instances, params=None):
@@ -111,7 +131,8 @@ class AsyncClient(_ClientBase):
             return error_of(exc)
 
     async def apps(self):
-        response = await self._stub.ListApps(pb.ListAppsRequest(), timeout=self.timeout)
+        response = await self._stub.ListApps(pb.ListAppsRequest(), timeout=self.timeout,
+                                             metadata=self._metadata())
         return [_app_dict(app) for app in response.apps]
 
     async def close(self):

@@ -8,10 +8,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from evals.utils.image import set_uri_policy
 from serving import metrics
 from serving.apps import READY, AppRegistry
+from serving.auth import TokenAuthInterceptor
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.dataplane import DataPlane
+from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
@@ -30,10 +33,15 @@ class ServingServer:
 
     Health: service "" (overall) is SERVING once the apps are loaded and until shutdown begins; each app name is
     a service of its own, SERVING while the app is READY and NOT_SERVING while it is FAILED, STUCK or stopped.
+
+    Security (see serving.auth, serving.tls): `tokens` (a serving.auth.TokenTable) requires a bearer token on every
+    call but health; `credentials` (grpc.ServerCredentials, serving.tls.server_credentials) serves TLS instead of
+    plaintext; `data_roots` are the only folders a request's `uri` may name (none: every uri is refused).
     """
 
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
-                 max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False):
+                 max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
+                 credentials=None, data_roots=()):
         self.registry = AppRegistry(evals_dir, classic_name=app_name)
         self.dataplane = DataPlane(self.registry)
         self.host = host
@@ -41,6 +49,9 @@ class ServingServer:
         self.max_message_bytes = max_message_bytes
         self.metrics_port = metrics_port
         self.strict = strict
+        self.tokens = tokens
+        self.credentials = credentials
+        self.data_roots = tuple(data_roots or ())
         self.health = health.aio.HealthServicer()
         self._server = None
         self._health_task = None
@@ -52,14 +63,24 @@ class ServingServer:
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
-        self._server = grpc.aio.server(options=options)
+        try:
+            # Before any app code runs: eval code reading a request's uri goes through this policy.
+            set_uri_policy(self.data_roots)
+        except ValueError as exc:
+            raise ServingError(BAD_REQUEST, str(exc)) from None
+        interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
+        self._server = grpc.aio.server(options=options, interceptors=interceptors)
         inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
         add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (NATIVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            self.port = self._server.add_secure_port(address, self.credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot bind {self.host}:{self.port}")
         await self.health.set("", _NOT_SERVING)
@@ -67,7 +88,10 @@ class ServingServer:
         if self.metrics_port is not None:
             self.metrics_port = metrics.serve_metrics(self.metrics_port, self.host)
             log.info("metrics on http://%s:%d/metrics", self.host, self.metrics_port)
-        log.info("listening on %s:%d", self.host, self.port)
+        log.info("listening on %s:%d (%s, %s, uri %s)", self.host, self.port,
+                 "TLS" if self.credentials is not None else "plaintext",
+                 f"{len(self.tokens)} tokens" if self.tokens is not None else "no authentication",
+                 "under " + ", ".join(self.data_roots) if self.data_roots else "refused")
         try:
             await self.registry.load_all(strict=self.strict)
         except Exception:

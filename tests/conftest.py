@@ -15,13 +15,16 @@ TESTS = Path(__file__).resolve().parent
 
 
 class RunningServer:
-    """A `serving serve` process; its output is collected in `lines` as it comes."""
+    """A `serving serve` process; its output is collected in `lines` as it comes.
 
-    def __init__(self, args, env=None, timeout=60):
-        cmd = [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=full_env)
+    `args` are added to `serving serve` on an OS-assigned loopback port; `command` (with `cwd`) runs another
+    command line instead, which must print the same "serving on HOST:PORT" line."""
+
+    def __init__(self, args, env=None, timeout=60, *, command=None, cwd=REPO):
+        cmd = command or [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=self.env)
         self.lines = []
         self.port = None
         self.metrics_port = None

@@ -42,6 +42,7 @@ from evals.utils.error import (
     ErrorConfig,
     ErrorCV2ImageRead,
     ErrorFileNotExist,
+    ErrorForbiddenURI,
     ErrorForwardInference,
     ErrorImageNdim,
     ErrorImageTooLarge,

@@ -12,6 +12,7 @@ __all__ = [
     "ErrorConfig",
     "ErrorFileNotExist",
     "ErrorRemoteURI",
+    "ErrorForbiddenURI",
     "ErrorCV2ImageRead",
     "ErrorImageTooSmall",
     "ErrorImageNdim",
@@ -79,6 +80,19 @@ class ErrorRemoteURI(ErrorFileNotExist):
         super().__init__(uri)
         self.message = f"remote uri not fetched, send the image bytes as body: {uri}"
         self.args = (self.message,)
+
+
+class ErrorForbiddenURI(ErrorBase):
+    """An image uri names a local path outside the server's data roots (``serving serve --data-root``), or the
+    server has none: the file is not read (403).
+
+    Deliberately not an ``ErrorFileNotExist``: a script catching that must not turn this refusal into a 400.
+    The message is the same whether or not the path exists, so a caller cannot probe the file system.
+    """
+
+    def __init__(self, uri):
+        self.uri = uri
+        super().__init__(403, f"uri not allowed: {uri}")
 
 
 class ErrorCV2ImageRead(ErrorBase):

@@ -8,8 +8,12 @@ Rules (the old host's, kept):
 * Without a body, `uri` is a local path (``file://`` is stripped): missing or not a regular file ->
   ``ErrorFileNotExist``; over 10 MiB -> ``ErrorImageTooLarge``. A remote uri (``http://``, ``https://``,
   any ``scheme://`` but ``file``) -> ``ErrorRemoteURI`` (400, a subclass of ``ErrorFileNotExist``):
-  this function never fetches URLs. Which local paths a remote client may name is the runtime's
-  decision, not this function's: it reads whatever path it is given.
+  this function never fetches URLs.
+* Which local paths a `uri` may name is the uri policy's decision (``set_uri_policy``). Unconfigured (a
+  script or a unit test calling this directly) any path is read. ``serving serve`` always configures it
+  from ``--data-root``: a path is read only when its real path (symlinks resolved) lies under one of the
+  roots' real paths, else ``ErrorForbiddenURI`` (403) before anything about the file is looked at; with
+  no data roots every uri is refused.
 * Undecodable (garbage, truncated, empty) -> ``ErrorCV2ImageRead``. A side over 4999 px ->
   ``ErrorImageTooLarge``; a side of 32 px or less -> ``ErrorImageTooSmall``.
 * Grayscale, 16-bit and 4-channel images come back as 8-bit BGR with 3 channels (``cv2.IMREAD_COLOR``),
@@ -26,17 +30,20 @@ and then checked; they are bounded by the 10 MiB body limit and OpenCV's own pix
 
 import os
 import re
+import stat
 
 from evals.utils.error import (
     ErrorCV2ImageRead,
     ErrorFileNotExist,
+    ErrorForbiddenURI,
     ErrorImageNdim,
     ErrorImageTooLarge,
     ErrorImageTooSmall,
     ErrorRemoteURI,
 )
 
-__all__ = ["load_image", "image_header_size", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE"]
+__all__ = ["load_image", "image_header_size", "set_uri_policy", "uri_roots", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE",
+           "MIN_IMAGE_SIDE"]
 
 #: Largest encoded image accepted, in bytes.
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -50,11 +57,46 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...); not DHT/JPG/DAC.
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 
+# The uri policy: None reads any local path (never configured); a tuple of real directory paths reads only
+# files under one of them, and the empty tuple refuses every uri. Replaced whole, never mutated, so a reader on
+# another thread sees one policy or the other.
+_uri_roots = None
+# Where the kernel tells which file an open descriptor is (Linux); used to re-check a path after opening it.
+_PROC_FD = "/proc/self/fd"
+
+
+def set_uri_policy(roots):
+    """Confine the local files ``load_image`` reads through a `uri` to the directories `roots` (an iterable of
+    paths; empty: refuse every uri), or lift the confinement with None. Returns the previous policy.
+
+    Each root must be an existing directory (ValueError otherwise); it is kept as its real path, so a root
+    that is a symlink confines to its target.
+    """
+    global _uri_roots
+    previous = _uri_roots
+    if roots is None:
+        _uri_roots = None
+        return previous
+    resolved = []
+    for root in roots:
+        real = os.path.realpath(os.fspath(root))
+        if not os.path.isdir(real):
+            raise ValueError(f"data root is not a directory: {root}")
+        resolved.append(real)
+    _uri_roots = tuple(resolved)
+    return previous
+
+
+def uri_roots():
+    """The current uri policy: None (unconfined) or the tuple of real root paths (empty: every uri refused)."""
+    return _uri_roots
+
 
 def load_image(uri, body=None):
     """Decode the image in `body` (or, without one, the local file `uri`) into a BGR uint8 H x W x 3 array.
 
-    Raises the ``evals.utils.error`` errors listed in the module docstring (all code 400).
+    Raises the ``evals.utils.error`` errors listed in the module docstring (code 400, or 403 for a uri the
+    uri policy refuses).
     """
     name = uri if uri else "body"
     if body is not None and (not _is_empty(body) or not uri):
@@ -126,18 +168,47 @@ def _read_local(uri):
         if match.group(1).lower() != "file":
             raise ErrorRemoteURI(uri)
         path = path[match.end():]
+    roots = _uri_roots
+    if roots is not None:
+        # Checked before the file is looked at: a refused path gets the same answer whether it exists or not.
+        path = os.path.realpath(path)
+        if not _is_under(path, roots):
+            raise ErrorForbiddenURI(uri)
     if not os.path.isfile(path):
         raise ErrorFileNotExist(uri)
     try:
         if os.path.getsize(path) > MAX_IMAGE_BYTES:
             raise ErrorImageTooLarge(uri)
-        with open(path, "rb") as file:
+        with _open_local(path, uri, roots) as file:
             data = file.read(MAX_IMAGE_BYTES + 1)  # bounded even if the file grows meanwhile
     except OSError:
         raise ErrorFileNotExist(uri) from None
     if len(data) > MAX_IMAGE_BYTES:
         raise ErrorImageTooLarge(uri)
     return data
+
+
+def _is_under(real_path, roots):
+    return any(real_path == root or real_path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _open_local(path, uri, roots):
+    """Open `path` for reading. Confined (`roots` not None), `path` is already resolved and checked; a symlink
+    or a directory swapped in since then must not lead outside the roots: the last component is opened without
+    following symlinks, and the file actually opened is checked again where the kernel can tell (Linux)."""
+    if roots is None:
+        return open(path, "rb")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ErrorFileNotExist(uri)
+        if os.path.isdir(_PROC_FD) and not _is_under(os.readlink(f"{_PROC_FD}/{fd}"), roots):
+            raise ErrorForbiddenURI(uri)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_sides(width, height, name):
