@@ -15,6 +15,9 @@ from serving.proto import inference_pb2 as pb
 
 # Big enough for a 10 MiB image and its neighbours in one call; `--max-message-mb` changes it.
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# Limits on the JSON a caller sends in params and attributes.
+MAX_JSON_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32
 TENSOR_MARKER = "$tensor"
 BYTES_DTYPE = "bytes"
 
@@ -126,14 +129,33 @@ def _value_to_python(value, where):
     return getattr(value, kind)
 
 
+def _depth_over(value, limit):
+    """True when `value` nests containers deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_json(text, where, *, want_object):
-    """Decode JSON from the wire; ServingError 400 naming `where` when it is not JSON (or not an object)."""
+    """Decode JSON from the wire; ServingError 400 naming `where` when it is not JSON (or not an object), or
+    over MAX_JSON_BYTES or MAX_JSON_DEPTH (so params and attributes cannot exhaust memory or the stack)."""
+    if len(text) > MAX_JSON_BYTES:
+        raise ServingError(BAD_REQUEST, f"{where} is {len(text)} bytes of JSON, over the limit of {MAX_JSON_BYTES}")
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ServingError(BAD_REQUEST, f"{where} is not valid JSON: {exc}") from None
     if want_object and not isinstance(value, dict):
         raise ServingError(BAD_REQUEST, f"{where} must be a JSON object, got {type(value).__name__}")
+    if _depth_over(value, MAX_JSON_DEPTH):
+        raise ServingError(BAD_REQUEST, f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 

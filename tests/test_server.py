@@ -168,6 +168,9 @@ def test_unknown_method_is_not_found(apps_server):
     (pb.Instance(uri="a"), "{bad", "params is not valid JSON"),
     (pb.Instance(inputs={"body": pb.Value(string_value="x")}), "", "must use its own field"),
     (pb.Instance(inputs={"x": pb.Value()}), "", "empty value"),
+    (pb.Instance(attribute="[" * 40 + "]" * 40), "", "attribute nests deeper than 32 levels"),
+    (pb.Instance(attribute="[" * 100000 + "]" * 100000), "", "attribute is not valid JSON"),
+    (pb.Instance(uri="a"), json.dumps({"k": "x" * (1024 * 1024)}), "over the limit of 1048576"),
     (pb.Instance(uri="a", images=[pb.Instance(uri="b")]), "", "multi-image instance"),
 ])
 def test_malformed_instances_are_invalid_argument(apps_server, instance, params, expected):
