@@ -6,6 +6,8 @@
     serving apps  --target HOST:PORT
     serving health [--target HOST:PORT] [--service NAME]
     serving build APP_DIR --out DIR [--device cpu|gpu] [--force]
+    serving store put-image|put-json|put-blob|get|ls|check|gc ... [--data-dir DIR]
+    serving dataset import --coco FILE --images DIR [--data-dir DIR]
 
 Security (README "Security"): serve [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 [--data-root DIR]...; infer, test and apps [--token TOKEN] [--tls-ca PEM] [--tls-cert PEM --tls-key PEM].
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.harness.runner import to_jsonable
+from serving.store.cli import add_store_commands
 from serving.errors import BAD_REQUEST, ServingError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -135,6 +138,7 @@ def build_parser():
     build.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="which dockerfiles/Dockerfile.*")
     build.add_argument("--app-name", default=None, help="the app's name in the image (default: the folder name)")
     build.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out")
+    add_store_commands(commands)  # `serving store ...` and `serving dataset ...`
     return parser
 
 
@@ -300,8 +304,10 @@ def cmd_build(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    command = {"serve": cmd_serve, "infer": cmd_infer, "test": cmd_test, "apps": cmd_apps,
-               "health": cmd_health, "build": cmd_build}[args.command]
+    command = getattr(args, "func", None)  # commands registered by other modules carry their function
+    if command is None:
+        command = {"serve": cmd_serve, "infer": cmd_infer, "test": cmd_test, "apps": cmd_apps,
+                   "health": cmd_health, "build": cmd_build}[args.command]
     try:
         return command(args)
     except ServingError as exc:

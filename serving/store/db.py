@@ -1,0 +1,452 @@
+"""The embedded document store: one SQLite database (WAL) plus one file per document under a data folder.
+
+Layout of `data_dir` (shared by the server and the CLI, each process opening its own `Store`):
+
+    store.sqlite3               the index: one row per document (+ -wal/-shm files while open)
+    blobs/<id[-2:]>/<id>        the bytes of each document (image file, JSON text, model file, ...)
+
+Blobs are fanned out by the LAST two hex digits of the id (the low byte of its counter), not the first two:
+the first two are the top byte of the timestamp, the same for months, which would put every blob in one folder.
+
+Every document has a blob; its row holds the kind ("image", "json", "dataset", "result", "model", ...), the
+creation time, a content type, size and SHA-256 of the blob, and a small JSON object of metadata (an image's
+width/height/format, a dataset's counts, ...). Rows may reference other rows (a dataset its images): the
+`refs` table, enforced with foreign keys.
+
+Writes are atomic. The blob is written to a temporary file, fsynced and renamed into place BEFORE its row is
+committed, so a committed row always has its blob; when the insert fails, the blob is removed. A crash between
+rename and commit leaves at most an orphan blob (no row points at it), which `Store.gc` removes.
+`Store.transaction()` groups several writes: all their rows are committed together or none is.
+"""
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND
+from serving.store.errors import StoreError
+from serving.store.ids import check_id, is_valid_id, new_id
+from serving.store.images import inspect_image
+
+DB_FILE = "store.sqlite3"
+BLOBS_DIR = "blobs"
+JSON_CONTENT_TYPE = "application/json"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+IMAGE_KIND = "image"
+DATASET_KIND = "dataset"
+# Kinds with an invariant that the generic put_json/put_blob cannot check: images must decode
+# (put_image), datasets must validate (serving.store.datasets.put_dataset).
+RESERVED_KINDS = (IMAGE_KIND, DATASET_KIND)
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+
+_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id           TEXT PRIMARY KEY CHECK (length(id) = 24),
+    kind         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    meta         TEXT NOT NULL DEFAULT '{}'
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_by_kind ON documents (kind, id);
+CREATE TABLE IF NOT EXISTS refs (
+    src TEXT NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+    dst TEXT NOT NULL REFERENCES documents (id) ON DELETE RESTRICT,
+    PRIMARY KEY (src, dst)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_by_dst ON refs (dst);
+"""
+
+_COLUMNS = "id, kind, created_at, content_type, size, sha256, meta"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the store knows about one document (not its bytes: `Store.read_blob`)."""
+
+    id: str
+    kind: str
+    created_at: float
+    content_type: str
+    size: int
+    sha256: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def is_json(self):
+        return self.content_type == JSON_CONTENT_TYPE
+
+    def to_dict(self):
+        """A JSON-able dict, with the creation time also as ISO-8601 UTC for people."""
+        created = datetime.datetime.fromtimestamp(self.created_at, datetime.timezone.utc)
+        return {"id": self.id, "kind": self.kind, "created_at": self.created_at,
+                "created": created.isoformat(timespec="seconds"), "content_type": self.content_type,
+                "size": self.size, "sha256": self.sha256, "meta": self.meta}
+
+
+@dataclass
+class _PendingWrite:
+    """A document whose blob is in place and whose row is yet to be committed."""
+
+    row: tuple
+    refs: tuple
+    blob_path: Path
+
+
+def _check_kind(kind):
+    if not isinstance(kind, str) or not _KIND_PATTERN.fullmatch(kind):
+        raise StoreError(BAD_REQUEST, f"bad kind {kind!r}: expected a lowercase name like 'json' or 'result'")
+    return kind
+
+
+def _check_meta(meta, where):
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise StoreError(BAD_REQUEST, f"{where}: meta must be a JSON object, got {type(meta).__name__}")
+    return dict(meta)
+
+
+def _to_json_text(value, where):
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(BAD_REQUEST, f"{where}: not JSON-serializable: {exc}") from None
+
+
+def _fsync_dir(path):
+    """Make a rename in `path` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """The document store of one data folder. Safe to share between threads (one SQLite connection each)
+    and between processes (SQLite locking; WAL lets readers run beside the writer)."""
+
+    def __init__(self, data_dir, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S):
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / DB_FILE
+        self.blobs_dir = self.data_dir / BLOBS_DIR
+        self._busy_timeout_s = float(busy_timeout_s)
+        self._local = threading.local()
+        self._connections = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        try:
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(INTERNAL, f"cannot create the data folder {self.data_dir}: {exc}") from None
+        self._create_schema()
+
+    # ---- connections --------------------------------------------------------------------------------------
+
+    def _connection(self):
+        """This thread's connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreError(INTERNAL, f"the store {self.data_dir} is closed")
+        try:
+            # isolation_level=None: no implicit transactions; writes use explicit BEGIN IMMEDIATE, which takes
+            # the write lock up front instead of failing to upgrade a read lock under contention.
+            conn = sqlite3.connect(self.db_path, timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(INTERNAL, f"cannot open {self.db_path}: {exc}") from None
+        self._local.conn = conn
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _create_schema(self):
+        conn = self._connection()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(INTERNAL, f"{self.db_path}: SQLite refused WAL mode (got {mode})")
+            # Statement by statement inside one transaction (executescript would COMMIT on its own), so that
+            # two processes opening a fresh folder at once do not both create the schema half-way.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(INTERNAL, f"cannot set up {self.db_path}: {exc}") from None
+
+    def close(self):
+        """Close every connection of this store. Use only when no thread is using it any more."""
+        with self._connections_lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # ---- writing ------------------------------------------------------------------------------------------
+
+    def put_image(self, data, meta=None):
+        """Store image bytes as a document of kind "image"; its id. StoreError 400 when they do not decode.
+        The record's meta is `meta` plus what decoding found: width, height, channels, format."""
+        data = bytes(data)
+        facts = inspect_image(data)
+        content_type = facts.pop("content_type")
+        return self._put(data, IMAGE_KIND, content_type, {**_check_meta(meta, "put_image"), **facts})
+
+    def put_json(self, value, kind="json", meta=None, refs=()):
+        """Store a JSON value (object, list, ...) as a document of `kind`; its id.
+
+        `refs`: ids of documents this one points at (checked to exist). Kind "dataset" is refused here: datasets
+        go through serving.store.datasets.put_dataset, which validates them.
+        """
+        self._refuse_reserved(kind, "put_json")
+        return self._put_json(value, kind, meta, refs)
+
+    def _put_json(self, value, kind, meta=None, refs=()):
+        """put_json without the reserved-kind check, for this package's modules that check the invariant."""
+        text = _to_json_text(value, "put_json")
+        return self._put(text.encode("utf-8"), kind, JSON_CONTENT_TYPE, _check_meta(meta, "put_json"), refs)
+
+    def put_blob(self, data, kind, meta=None, content_type=BINARY_CONTENT_TYPE, refs=()):
+        """Store opaque bytes (a model file, ...) as a document of `kind`; its id."""
+        self._refuse_reserved(kind, "put_blob")
+        return self._put(bytes(data), kind, str(content_type), _check_meta(meta, "put_blob"), refs)
+
+    @staticmethod
+    def _refuse_reserved(kind, where):
+        if kind in RESERVED_KINDS:
+            helper = "put_image" if kind == IMAGE_KIND else "serving.store.datasets.put_dataset"
+            raise StoreError(BAD_REQUEST, f"{where}: documents of kind {kind!r} are stored with {helper}")
+
+    def _put(self, data, kind, content_type, meta, refs=()):
+        """Write the blob, then commit the row (now, or with the enclosing transaction); the new id.
+        For use by this package's modules that check a reserved kind's invariant first."""
+        _check_kind(kind)
+        refs = tuple(dict.fromkeys(check_id(ref) for ref in refs))
+        meta_text = _to_json_text(meta, "meta")
+        doc_id = new_id()
+        row = (doc_id, kind, time.time(), content_type, len(data), hashlib.sha256(data).hexdigest(), meta_text)
+        blob_path = self._blob_path(doc_id)
+        self._write_blob(blob_path, data)
+        pending = _PendingWrite(row, refs, blob_path)
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            batch.append(pending)
+            return doc_id
+        try:
+            self._commit([pending])
+        except BaseException:
+            blob_path.unlink(missing_ok=True)
+            raise
+        return doc_id
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Group the writes of this thread: their rows are committed together when the block ends, or none is
+        (and their blobs are removed) when it raises. Ids are returned at once but other readers see the
+        documents only after the commit. Nested blocks join the outermost one."""
+        if getattr(self._local, "batch", None) is not None:
+            yield self
+            return
+        batch = self._local.batch = []
+        try:
+            yield self
+            self._local.batch = None
+            self._commit(batch)
+        except BaseException:
+            for pending in batch:
+                pending.blob_path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._local.batch = None
+
+    def _commit(self, batch):
+        """Insert the rows (and refs) of `batch` in one SQLite transaction."""
+        if not batch:
+            return
+        conn = self._connection()
+        batch_ids = {pending.row[0] for pending in batch}
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for pending in batch:
+                    for ref in pending.refs:
+                        if ref not in batch_ids and not self._exists(conn, ref):
+                            raise StoreError(NOT_FOUND, f"document refers to unknown id {ref}")
+                conn.executemany(f"INSERT INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [pending.row for pending in batch])
+                conn.executemany("INSERT INTO refs (src, dst) VALUES (?, ?)",
+                                 [(pending.row[0], ref) for pending in batch for ref in pending.refs])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(BAD_REQUEST, f"store refused the document: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(INTERNAL, f"store write failed: {exc}") from None
+
+    @staticmethod
+    def _exists(conn, doc_id):
+        return conn.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone() is not None
+
+    def _blob_path(self, doc_id):
+        return self.blobs_dir / doc_id[-2:] / doc_id
+
+    @staticmethod
+    def _write_blob(path, data):
+        """Write `data` at `path` atomically and durably: temporary file, fsync, rename, fsync the folder."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(INTERNAL, f"cannot write {path}: {exc}") from None
+        _fsync_dir(path.parent)
+
+    # ---- reading ------------------------------------------------------------------------------------------
+
+    def get(self, doc_id):
+        """The Record of `doc_id`: StoreError 400 when the id is malformed, 404 when no document has it."""
+        doc_id = check_id(doc_id)
+        try:
+            row = self._connection().execute(f"SELECT {_COLUMNS} FROM documents WHERE id = ?",
+                                             (doc_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(INTERNAL, f"store read failed: {exc}") from None
+        if row is None:
+            raise StoreError(NOT_FOUND, f"no document with id {doc_id}")
+        return self._record(row)
+
+    def exists(self, doc_id):
+        """True when `doc_id` is a well-formed id of a stored document."""
+        return is_valid_id(doc_id) and self._exists(self._connection(), doc_id.lower())
+
+    def read_blob(self, doc_id):
+        """The bytes of a document (any kind)."""
+        record = self.get(doc_id)
+        try:
+            data = self._blob_path(record.id).read_bytes()
+        except OSError as exc:
+            raise StoreError(INTERNAL, f"the blob of {record.id} is unreadable: {exc}") from None
+        if len(data) != record.size:
+            raise StoreError(INTERNAL, f"the blob of {record.id} has {len(data)} bytes, expected {record.size}")
+        return data
+
+    def get_json(self, doc_id):
+        """The JSON value of a JSON document (kinds json, dataset, result, ...); 400 for an image or blob."""
+        record = self.get(doc_id)
+        if not record.is_json:
+            raise StoreError(BAD_REQUEST, f"document {record.id} is a {record.kind} ({record.content_type}), "
+                                          "not JSON")
+        try:
+            return json.loads(self.read_blob(record.id))
+        except ValueError as exc:
+            raise StoreError(INTERNAL, f"the JSON of {record.id} is corrupt: {exc}") from None
+
+    def list(self, kind=None, limit=None, newest_first=False):
+        """Records, oldest first (newest first with `newest_first`), optionally of one kind, at most `limit`."""
+        query = f"SELECT {_COLUMNS} FROM documents"
+        params = []
+        if kind is not None:
+            query += " WHERE kind = ?"
+            params.append(_check_kind(kind))
+        query += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(int(limit))
+        try:
+            rows = self._connection().execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(INTERNAL, f"store read failed: {exc}") from None
+        return [self._record(row) for row in rows]
+
+    def references(self, doc_id):
+        """The ids that document `doc_id` refers to (a dataset: its images)."""
+        doc_id = self.get(doc_id).id
+        rows = self._connection().execute("SELECT dst FROM refs WHERE src = ? ORDER BY dst", (doc_id,))
+        return [row[0] for row in rows]
+
+    @staticmethod
+    def _record(row):
+        doc_id, kind, created_at, content_type, size, sha256, meta = row
+        return Record(doc_id, kind, created_at, content_type, size, sha256, json.loads(meta))
+
+    # ---- maintenance --------------------------------------------------------------------------------------
+
+    def integrity_check(self, blobs=False):
+        """Problems found, as lines; empty when all is well. Runs SQLite's `PRAGMA integrity_check` and
+        `foreign_key_check`; with `blobs`, also checks that every row's blob exists with its size and SHA-256."""
+        conn = self._connection()
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        if problems == ["ok"]:
+            problems = []
+        problems += [f"foreign key: {row[0]} row {row[1]} refers to a missing {row[2]}"
+                     for row in conn.execute("PRAGMA foreign_key_check")]
+        if blobs:
+            for record in self.list():
+                try:
+                    data = self._blob_path(record.id).read_bytes()
+                except OSError as exc:
+                    problems.append(f"{record.id}: blob unreadable: {exc}")
+                    continue
+                if hashlib.sha256(data).hexdigest() != record.sha256:
+                    problems.append(f"{record.id}: blob does not match its SHA-256")
+        return problems
+
+    def gc(self, min_age_s=3600.0):
+        """Remove blobs no row points at (left by a crash between blob and commit) and stale temporary files,
+        when older than `min_age_s` (younger ones may belong to a write in progress in another process).
+        The removed paths."""
+        removed = []
+        cutoff = time.time() - min_age_s
+        conn = self._connection()
+        for path in sorted(self.blobs_dir.glob("*/*")):
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+            except OSError:
+                continue
+            orphan = is_valid_id(path.name) and not self._exists(conn, path.name)
+            if orphan or path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
