@@ -73,6 +73,8 @@ def build_parser():
     serve.add_argument("--evals", default=os.environ.get("SERVING_EVALS", "evals"),
                        help="folder of app folders (or a classic evals/eval.py) [SERVING_EVALS]")
     serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "0.0.0.0"), help="[SERVING_HOST]")
+    serve.add_argument("--data-dir", default=os.environ.get("SERVING_DATA_DIR", "var"),
+                       help="the store: SQLite database and files (datasets, models, results) [SERVING_DATA_DIR]")
     serve.add_argument("--port", type=int, default=os.environ.get("SERVING_PORT", "9000"),
                        help="gRPC port; 0 picks a free one [SERVING_PORT]")
     serve.add_argument("--metrics-port", type=int, default=os.environ.get("SERVING_METRICS_PORT") or None,
@@ -150,7 +152,7 @@ def _env_flag(name):
 def _worker_args(args):
     """The serve options a worker of `--workers` gets: all but --port, --metrics-port and --workers."""
     out = ["--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
-           "--grace", str(args.grace)]
+           "--grace", str(args.grace), "--data-dir", str(args.data_dir)]
     if args.app_name:
         out += ["--app-name", args.app_name]
     if args.strict:
@@ -199,7 +201,8 @@ def cmd_serve(args):
 
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,
-                           strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root)
+                           strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root,
+                           data_dir=args.data_dir)
     try:
         asyncio.run(serve_until_signalled(server, grace=args.grace))
     except ServingError as exc:

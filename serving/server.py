@@ -15,13 +15,16 @@ from serving.auth import TokenAuthInterceptor
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.dataplane import DataPlane
 from serving.errors import BAD_REQUEST, ServingError
-from serving.proto import inference_pb2, inference_pb2_grpc
+from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
+from serving.servicers.store import StoreServicer
+from serving.store import Store
 
 log = logging.getLogger("serving.server")
 
 NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+STORE_SERVICE = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 _HEALTH_INTERVAL_S = 0.25
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -41,7 +44,7 @@ class ServingServer:
 
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
-                 credentials=None, data_roots=()):
+                 credentials=None, data_roots=(), data_dir="var"):
         self.registry = AppRegistry(evals_dir, classic_name=app_name)
         self.dataplane = DataPlane(self.registry)
         self.host = host
@@ -52,10 +55,19 @@ class ServingServer:
         self.tokens = tokens
         self.credentials = credentials
         self.data_roots = tuple(data_roots or ())
+        self.data_dir = data_dir
+        self._store = None
         self.health = health.aio.HealthServicer()
         self._server = None
         self._health_task = None
         self._health_apps = set()  # app names health was last set for, to see unloaded ones
+
+    @property
+    def store(self):
+        """The embedded store under `data_dir`, opened on first use (SQLite + blob files)."""
+        if self._store is None:
+            self._store = Store(self.data_dir)
+        return self._store
 
     async def start(self):
         """Bind the port (0: an OS-assigned one, then in self.port), start serving, then load the apps."""
@@ -73,9 +85,10 @@ class ServingServer:
         inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
         add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
+        store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (NATIVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            (NATIVE_SERVICE, STORE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"{self.host}:{self.port}"
         if self.credentials is not None:
             self.port = self._server.add_secure_port(address, self.credentials)

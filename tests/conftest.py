@@ -1,8 +1,10 @@
 """Shared fixtures: real servers in subprocesses on OS-assigned loopback ports."""
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,11 @@ class RunningServer:
     command line instead, which must print the same "serving on HOST:PORT" line."""
 
     def __init__(self, args, env=None, timeout=60, *, command=None, cwd=REPO):
+        # A store of its own unless the test names one: no test writes into the checkout's ./var.
+        self._data_dir = None
+        if command is None and "--data-dir" not in args:
+            self._data_dir = tempfile.mkdtemp(prefix="serving-test-store-")
+            args = [*args, "--data-dir", self._data_dir]
         cmd = command or [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -64,6 +71,8 @@ class RunningServer:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(5)
+        if self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
         return self.proc.returncode
 
 

@@ -86,6 +86,15 @@ def add_store_commands(subparsers):
     import_.add_argument("--images", type=Path, required=True, help="folder the file names are relative to")
     import_.set_defaults(func=cmd_dataset_import)
 
+    synth = dataset_commands.add_parser(
+        "synth", parents=[common],
+        help="generate industrial surface images with defects; store train/val/test; print their ids as JSON")
+    synth.add_argument("--n", type=int, default=300, help="images in all (70%% train, 15%% val, 15%% test)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-surfaces", default="held_out",
+                       help="surfaces of the test split: held_out (never seen in training) or train")
+    synth.set_defaults(func=cmd_dataset_synth)
+
     show = dataset_commands.add_parser("show", parents=[common], help="print a dataset's COCO document")
     show.add_argument("id")
     show.set_defaults(func=cmd_dataset_show)
@@ -196,6 +205,25 @@ def cmd_dataset_import(args):
     print(f"imported {meta['images']} images, {meta['annotations']} annotations, "
           f"{meta['categories']} categories from {args.coco}")
     print(dataset_id)
+    return 0
+
+
+def cmd_dataset_synth(args):
+    import cv2
+
+    from serving.store import StoreError
+    from serving.store.datasets import put_image_dataset
+    from serving.synth import make_splits
+
+    if args.n < 3:
+        raise StoreError(BAD_REQUEST, f"--n must be at least 3 (one image per split), got {args.n}")
+    ids = {}
+    with _open(args) as store:
+        for split, (images, coco) in make_splits(args.n, args.seed, test_surfaces=args.test_surfaces).items():
+            encoded = [cv2.imencode(".png", image)[1].tobytes() for image in images]
+            ids[split] = put_image_dataset(store, encoded, coco,
+                                           meta={"source": "synth", "split": split, "seed": args.seed})
+    _print_json(ids)
     return 0
 
 

@@ -210,6 +210,22 @@ def put_dataset(store, doc, meta=None):
     return store._put_json(doc, DATASET_KIND, {**(meta or {}), **summary}, refs=store_ids)
 
 
+def put_image_dataset(store, encoded_images, coco, meta=None):
+    """Store encoded images (bytes, one per entry of coco["images"], in order) and the dataset that references
+    them; the dataset id. All or nothing, like import_coco."""
+    images = coco.get("images") if isinstance(coco, dict) else None
+    if not isinstance(images, list) or len(images) != len(encoded_images):
+        raise StoreError(BAD_REQUEST, "put_image_dataset needs one encoded image per entry of coco['images']")
+    # Validated before anything is written: the new images are not visible to validate_coco's store look-ups
+    # until the transaction commits (import_coco works the same way).
+    summary = validate_coco(coco, store)
+    with store.transaction():
+        stored = [{**image, "store_id": store.put_image(data, {"file_name": image.get("file_name", "")})}
+                  for data, image in zip(encoded_images, images)]
+        refs = [image["store_id"] for image in stored]
+        return store._put_json({**coco, "images": stored}, DATASET_KIND, {**(meta or {}), **summary}, refs=refs)
+
+
 def _read_coco(coco_path):
     try:
         text = Path(coco_path).read_text(encoding="utf-8")
