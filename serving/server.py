@@ -143,6 +143,9 @@ class ServingServer:
         if self._server is not None:
             await self._server.stop(grace)
         await self.registry.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     async def wait(self):
         await self._server.wait_for_termination()
