@@ -8,6 +8,8 @@
     serving build APP_DIR --out DIR [--device cpu|gpu] [--force]
     serving store put-image|put-json|put-blob|get|ls|check|gc ... [--data-dir DIR]
     serving dataset import --coco FILE --images DIR [--data-dir DIR]
+    serving task start|stop|pause|resume|delete|show|ls|progress ... [--target HOST:PORT]   (serving.jobs.cli)
+    serving template create|ls|show|delete|start ... [--target HOST:PORT]
 
 Security (README "Security"): serve [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 [--data-root DIR]...; infer, test and apps [--token TOKEN] [--tls-ca PEM] [--tls-cert PEM --tls-key PEM].
@@ -20,43 +22,14 @@ import os
 import sys
 from pathlib import Path
 
+from serving.cli_args import add_client_security, client_security, host_port, json_object
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.harness.runner import to_jsonable
 from serving.store.cli import add_store_commands
+from serving.jobs.cli import add_job_commands
 from serving.errors import BAD_REQUEST, ServingError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _target(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "localhost", int(port)
-
-
-def _params(text):
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--params is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--params must be a JSON object")
-    return value
-
-
-def _add_client_security(parser):
-    """The security flags of a client command (infer, test, apps): bearer token and TLS."""
-    parser.add_argument("--token", default=os.environ.get("SERVING_TOKEN") or None,
-                        help="bearer token sent on every call [SERVING_TOKEN; prefer it: flags show in ps]")
-    parser.add_argument("--tls-ca", type=Path, default=None, help="PEM CA of the server's certificate (TLS)")
-    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
-
-
-def _client_security(args):
-    """The Client keyword arguments of the client security flags."""
-    return {"token": args.token, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
 
 
 def build_parser():
@@ -75,6 +48,11 @@ def build_parser():
     serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "0.0.0.0"), help="[SERVING_HOST]")
     serve.add_argument("--data-dir", default=os.environ.get("SERVING_DATA_DIR", "var"),
                        help="the store: SQLite database and files (datasets, models, results) [SERVING_DATA_DIR]")
+    serve.add_argument("--max-jobs", type=int, default=os.environ.get("SERVING_MAX_JOBS", "1"),
+                       help="training/test tasks run at once; the rest wait in a FIFO queue [SERVING_MAX_JOBS]")
+    serve.add_argument("--trainer-app", default=os.environ.get("SERVING_TRAINER_APP", "mvp_detector"),
+                       help="app whose train(job) runs TRAIN tasks whose model_name is not itself a trainer app "
+                            "[SERVING_TRAINER_APP]")
     serve.add_argument("--port", type=int, default=os.environ.get("SERVING_PORT", "9000"),
                        help="gRPC port; 0 picks a free one [SERVING_PORT]")
     serve.add_argument("--metrics-port", type=int, default=os.environ.get("SERVING_METRICS_PORT") or None,
@@ -98,13 +76,13 @@ def build_parser():
                        help="a folder whose files a request's uri may name (repeatable); none: uris are refused")
 
     infer = commands.add_parser("infer", help="send files to an app, print one JSON result per file")
-    infer.add_argument("--target", type=_target, required=True, help="HOST:PORT")
+    infer.add_argument("--target", type=host_port, required=True, help="HOST:PORT")
     infer.add_argument("--app", required=True)
     infer.add_argument("--method", default="inference")
-    infer.add_argument("--params", type=_params, default=None, help="JSON object sent as params")
+    infer.add_argument("--params", type=json_object, default=None, help="JSON object sent as params")
     infer.add_argument("--timeout", type=float, default=30.0)
     infer.add_argument("files", nargs="+", type=Path)
-    _add_client_security(infer)
+    add_client_security(infer)
 
     test = commands.add_parser("test", help="run a folder of images through an app: results, scores, report")
     test.add_argument("--app", required=True)
@@ -112,24 +90,24 @@ def build_parser():
     source.add_argument("--images", type=Path, help="folder of images (searched recursively)")
     source.add_argument("--list", type=Path, help="file with one image path per line")
     where = test.add_mutually_exclusive_group()
-    where.add_argument("--target", type=_target, help="HOST:PORT of a server; default: run in-process")
+    where.add_argument("--target", type=host_port, help="HOST:PORT of a server; default: run in-process")
     where.add_argument("--evals", type=Path, default=Path("evals"), help="evals dir for in-process runs")
     test.add_argument("--app-name", default=None, help="the app name of a classic evals/eval.py layout")
     test.add_argument("--labels", type=Path, help="labels: {file: text|class} JSON, or COCO JSON for boxes")
     test.add_argument("--task", choices=["text", "class", "detection"], help="override label auto-detection")
     test.add_argument("--out", type=Path, default=None, help="output folder (default out/test-<app>)")
     test.add_argument("--concurrency", type=int, default=4)
-    test.add_argument("--params", type=_params, default=None)
+    test.add_argument("--params", type=json_object, default=None)
     test.add_argument("--timeout", type=float, default=60.0)
     test.add_argument("--no-progress", action="store_true")
-    _add_client_security(test)
+    add_client_security(test)
 
     apps = commands.add_parser("apps", help="list the apps of a server with their state and settings")
-    apps.add_argument("--target", type=_target, required=True)
-    _add_client_security(apps)
+    apps.add_argument("--target", type=host_port, required=True)
+    add_client_security(apps)
 
     health = commands.add_parser("health", help="grpc.health.v1 check: exit 0 iff the server reports SERVING")
-    health.add_argument("--target", type=_target, default=f"localhost:{os.environ.get('SERVING_PORT', '9000')}",
+    health.add_argument("--target", type=host_port, default=f"localhost:{os.environ.get('SERVING_PORT', '9000')}",
                         help="HOST:PORT (default localhost:$SERVING_PORT, for a container's HEALTHCHECK)")
     health.add_argument("--service", default="", help="service or app name; default: the whole server")
     health.add_argument("--timeout", type=float, default=3.0)
@@ -141,6 +119,7 @@ def build_parser():
     build.add_argument("--app-name", default=None, help="the app's name in the image (default: the folder name)")
     build.add_argument("--force", action="store_true", help="replace the contents of a non-empty --out")
     add_store_commands(commands)  # `serving store ...` and `serving dataset ...`
+    add_job_commands(commands)  # `serving task ...` and `serving template ...`
     return parser
 
 
@@ -152,7 +131,8 @@ def _env_flag(name):
 def _worker_args(args):
     """The serve options a worker of `--workers` gets: all but --port, --metrics-port and --workers."""
     out = ["--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
-           "--grace", str(args.grace), "--data-dir", str(args.data_dir)]
+           "--grace", str(args.grace), "--data-dir", str(args.data_dir), "--max-jobs", str(args.max_jobs),
+           "--trainer-app", args.trainer_app]
     if args.app_name:
         out += ["--app-name", args.app_name]
     if args.strict:
@@ -187,6 +167,9 @@ def cmd_serve(args):
     if args.workers < 1:
         print("serving serve: --workers must be >= 1", file=sys.stderr)
         return 2
+    if args.max_jobs < 1:
+        print("serving serve: --max-jobs must be >= 1", file=sys.stderr)
+        return 2
     try:
         tokens, credentials = _serve_security(args)
     except ServingError as exc:
@@ -202,7 +185,7 @@ def cmd_serve(args):
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,
                            strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root,
-                           data_dir=args.data_dir)
+                           data_dir=args.data_dir, max_jobs=args.max_jobs, trainer_app=args.trainer_app)
     try:
         asyncio.run(serve_until_signalled(server, grace=args.grace))
     except ServingError as exc:
@@ -215,7 +198,7 @@ def cmd_infer(args):
     from serving.client import Client
 
     failed = 0
-    with Client(*args.target, args.app, args.method, timeout=args.timeout, **_client_security(args)) as client:
+    with Client(*args.target, args.app, args.method, timeout=args.timeout, **client_security(args)) as client:
         for path in args.files:
             try:
                 body = path.read_bytes()
@@ -241,7 +224,7 @@ def cmd_test(args):
     if args.target:
         from serving.client import Client
 
-        runner = Client(*args.target, args.app, timeout=args.timeout, **_client_security(args))
+        runner = Client(*args.target, args.app, timeout=args.timeout, **client_security(args))
     else:
         from serving.inprocess import InProcessRunner
 
@@ -266,7 +249,7 @@ def cmd_apps(args):
 
     from serving.client import Client, error_of
 
-    with Client(*args.target, "", **_client_security(args)) as client:
+    with Client(*args.target, "", **client_security(args)) as client:
         try:
             apps = client.apps()
         except grpc.RpcError as exc:

@@ -18,6 +18,8 @@ from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
+from serving.jobs.manager import DEFAULT_MAX_JOBS, DEFAULT_TRAINER_APP, JobManager
+from serving.servicers.mvp import add_mvp_servicers_to_server
 from serving.servicers.store import StoreServicer
 from serving.store import Store
 
@@ -44,7 +46,8 @@ class ServingServer:
 
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
-                 credentials=None, data_roots=(), data_dir="var"):
+                 credentials=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
+                 trainer_app=DEFAULT_TRAINER_APP):
         self.registry = AppRegistry(evals_dir, classic_name=app_name)
         self.dataplane = DataPlane(self.registry)
         self.host = host
@@ -57,6 +60,9 @@ class ServingServer:
         self.data_roots = tuple(data_roots or ())
         self.data_dir = data_dir
         self._store = None
+        # MVP training/test tasks (serving.jobs): records in DATA/jobs.sqlite3, one worker process per task.
+        self.jobs = JobManager(data_dir, evals_dir, lambda: self.store, self.registry, app_name=app_name,
+                               max_jobs=max_jobs, trainer_app=trainer_app)
         self.health = health.aio.HealthServicer()
         self._server = None
         self._health_task = None
@@ -86,9 +92,11 @@ class ServingServer:
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
         add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
         store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), self._server)
+        mvp_services = add_mvp_servicers_to_server(self.jobs, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (NATIVE_SERVICE, STORE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._server)
         address = f"{self.host}:{self.port}"
         if self.credentials is not None:
             self.port = self._server.add_secure_port(address, self.credentials)
@@ -97,6 +105,7 @@ class ServingServer:
         if not self.port:
             raise OSError(f"cannot bind {self.host}:{self.port}")
         await self.health.set("", _NOT_SERVING)
+        await self.jobs.start()  # before the first call: recovers what a previous server left RUNNING
         await self._server.start()
         if self.metrics_port is not None:
             self.metrics_port = metrics.serve_metrics(self.metrics_port, self.host)
@@ -142,6 +151,8 @@ class ServingServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        # Running tasks checkpoint and end INTERRUPTED (resumable); workers that do not are killed.
+        await self.jobs.close()
         await self.registry.close()
         if self._store is not None:
             self._store.close()

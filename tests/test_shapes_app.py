@@ -1,7 +1,6 @@
 """Tests of the ``shapes`` example app, calling its eval functions directly (no server)."""
 
 import json
-import sys
 from pathlib import Path
 
 import cv2

@@ -454,3 +454,446 @@ class FormatData:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TaskControlStub:
+    """======================================================================================================
+    Task control beyond the seed (added; the seed's FormatData above is unchanged). Seed 004's life cycle:
+    pause / resume / delete / query of tasks, live progress, and training templates. serving.jobs documents the
+    states and codes; every reply carries resCode (0 OK, else a serving.jobs.codes value) and ErrorMsg.
+    ======================================================================================================
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.task_pause_request = channel.unary_unary(
+                '/mvp_rpc.TaskControl/task_pause_request',
+                request_serializer=mvp__pb2.Data_task_id.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.task_resume_request = channel.unary_unary(
+                '/mvp_rpc.TaskControl/task_resume_request',
+                request_serializer=mvp__pb2.Data_task_id.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.task_delete_request = channel.unary_unary(
+                '/mvp_rpc.TaskControl/task_delete_request',
+                request_serializer=mvp__pb2.Data_task_id.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.task_query = channel.unary_unary(
+                '/mvp_rpc.TaskControl/task_query',
+                request_serializer=mvp__pb2.Data_task_id.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.stream_train_progress = channel.unary_stream(
+                '/mvp_rpc.TaskControl/stream_train_progress',
+                request_serializer=mvp__pb2.Data_task_id.SerializeToString,
+                response_deserializer=mvp__pb2.TrainRecord.FromString,
+                _registered_method=True)
+        self.template_create = channel.unary_unary(
+                '/mvp_rpc.TaskControl/template_create',
+                request_serializer=mvp__pb2.TemplateRequest.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.template_query = channel.unary_unary(
+                '/mvp_rpc.TaskControl/template_query',
+                request_serializer=mvp__pb2.TemplateName.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.template_delete = channel.unary_unary(
+                '/mvp_rpc.TaskControl/template_delete',
+                request_serializer=mvp__pb2.TemplateName.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+        self.template_start = channel.unary_unary(
+                '/mvp_rpc.TaskControl/template_start',
+                request_serializer=mvp__pb2.TemplateStartRequest.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
+
+
+class TaskControlServicer:
+    """======================================================================================================
+    Task control beyond the seed (added; the seed's FormatData above is unchanged). Seed 004's life cycle:
+    pause / resume / delete / query of tasks, live progress, and training templates. serving.jobs documents the
+    states and codes; every reply carries resCode (0 OK, else a serving.jobs.codes value) and ErrorMsg.
+    ======================================================================================================
+
+    """
+
+    def task_pause_request(self, request, context):
+        """Pause a RUNNING training task (it saves a snapshot and ends PAUSED) or a QUEUED one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def task_resume_request(self, request, context):
+        """Queue a PAUSED or INTERRUPTED task again; it continues from its last snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def task_delete_request(self, request, context):
+        """Forget a task at rest (not QUEUED / RUNNING) and its records; its models stay in the store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def task_query(self, request, context):
+        """One task (json: the task) or, with task_id 0, every task (json: a list).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def stream_train_progress(self, request, context):
+        """The task's TrainRecords as they are written, from the first; ends once the task is at rest. A bad task
+        id ends the stream with the gRPC status of its code (NOT_FOUND for 404).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def template_create(self, request, context):
+        """Save a named training configuration (json: the template).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def template_query(self, request, context):
+        """One template by name (json: the template) or, with name "", every template (json: a list).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def template_delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def template_start(self, request, context):
+        """Start a training task from a template (json: the task).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TaskControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'task_pause_request': grpc.unary_unary_rpc_method_handler(
+                    servicer.task_pause_request,
+                    request_deserializer=mvp__pb2.Data_task_id.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'task_resume_request': grpc.unary_unary_rpc_method_handler(
+                    servicer.task_resume_request,
+                    request_deserializer=mvp__pb2.Data_task_id.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'task_delete_request': grpc.unary_unary_rpc_method_handler(
+                    servicer.task_delete_request,
+                    request_deserializer=mvp__pb2.Data_task_id.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'task_query': grpc.unary_unary_rpc_method_handler(
+                    servicer.task_query,
+                    request_deserializer=mvp__pb2.Data_task_id.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'stream_train_progress': grpc.unary_stream_rpc_method_handler(
+                    servicer.stream_train_progress,
+                    request_deserializer=mvp__pb2.Data_task_id.FromString,
+                    response_serializer=mvp__pb2.TrainRecord.SerializeToString,
+            ),
+            'template_create': grpc.unary_unary_rpc_method_handler(
+                    servicer.template_create,
+                    request_deserializer=mvp__pb2.TemplateRequest.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'template_query': grpc.unary_unary_rpc_method_handler(
+                    servicer.template_query,
+                    request_deserializer=mvp__pb2.TemplateName.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'template_delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.template_delete,
+                    request_deserializer=mvp__pb2.TemplateName.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'template_start': grpc.unary_unary_rpc_method_handler(
+                    servicer.template_start,
+                    request_deserializer=mvp__pb2.TemplateStartRequest.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mvp_rpc.TaskControl', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mvp_rpc.TaskControl', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TaskControl:
+    """======================================================================================================
+    Task control beyond the seed (added; the seed's FormatData above is unchanged). Seed 004's life cycle:
+    pause / resume / delete / query of tasks, live progress, and training templates. serving.jobs documents the
+    states and codes; every reply carries resCode (0 OK, else a serving.jobs.codes value) and ErrorMsg.
+    ======================================================================================================
+
+    """
+
+    @staticmethod
+    def task_pause_request(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/task_pause_request',
+            mvp__pb2.Data_task_id.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def task_resume_request(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/task_resume_request',
+            mvp__pb2.Data_task_id.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def task_delete_request(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/task_delete_request',
+            mvp__pb2.Data_task_id.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def task_query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/task_query',
+            mvp__pb2.Data_task_id.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def stream_train_progress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/stream_train_progress',
+            mvp__pb2.Data_task_id.SerializeToString,
+            mvp__pb2.TrainRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def template_create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/template_create',
+            mvp__pb2.TemplateRequest.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def template_query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/template_query',
+            mvp__pb2.TemplateName.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def template_delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/template_delete',
+            mvp__pb2.TemplateName.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def template_start(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/template_start',
+            mvp__pb2.TemplateStartRequest.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

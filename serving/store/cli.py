@@ -19,19 +19,10 @@ import os
 import sys
 from pathlib import Path
 
+from serving.cli_args import json_object
 from serving.errors import BAD_REQUEST
 
 DEFAULT_DATA_DIR = "./var"
-
-
-def _json_object(text):
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
 
 
 def add_store_commands(subparsers):
@@ -45,7 +36,7 @@ def add_store_commands(subparsers):
 
     put_image = store_commands.add_parser("put-image", parents=[common], help="store an image file; print its id")
     put_image.add_argument("file", type=Path)
-    put_image.add_argument("--meta", type=_json_object, default=None, help="JSON object kept with the image")
+    put_image.add_argument("--meta", type=json_object, default=None, help="JSON object kept with the image")
     put_image.set_defaults(func=cmd_put_image)
 
     put_json = store_commands.add_parser("put-json", parents=[common], help="store a JSON file; print its id")

@@ -389,7 +389,8 @@ class Store:
         if kind is not None:
             query += " WHERE kind = ?"
             params.append(_check_kind(kind))
-        query += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+        # created_at first: ids made by different processes in the same second do not sort by creation.
+        query += " ORDER BY created_at DESC, id DESC" if newest_first else " ORDER BY created_at, id"
         if limit is not None:
             query += " LIMIT ?"
             params.append(int(limit))

@@ -1,0 +1,38 @@
+"""Argument types and flags shared by the `serving` commands (serving.cli, serving.store.cli, serving.jobs.cli)."""
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def json_object(text):
+    """argparse type: a JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def host_port(text):
+    """argparse type: HOST:PORT as (host, port); an empty host is localhost."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host or "localhost", int(port)
+
+
+def add_client_security(parser):
+    """The security flags of a client command: bearer token and TLS."""
+    parser.add_argument("--token", default=os.environ.get("SERVING_TOKEN") or None,
+                        help="bearer token sent on every call [SERVING_TOKEN; prefer it: flags show in ps]")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="PEM CA of the server's certificate (TLS)")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
+
+
+def client_security(args):
+    """The Client keyword arguments of the client security flags."""
+    return {"token": args.token, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}

@@ -1,0 +1,110 @@
+"""Preprocessing and detection decoding in numpy: the one copy used by training, evaluation and serving.
+
+The trainer evaluates its checkpoints with these functions, and :mod:`serving.training.export` copies this
+very file next to the generated app's ``eval.py``. The network (and so the ONNX graph) stops at its raw
+outputs -- a per-class centre heatmap, a log box size and a sub-cell centre offset, all at ``STRIDE`` --
+and everything after that happens here, which is what makes the served detections equal the trainer's.
+
+This module must stay self-contained (numpy and OpenCV only): it is copied into app folders.
+"""
+import cv2
+import numpy as np
+
+#: Output stride of the network: one heatmap cell per STRIDE x STRIDE input pixels.
+STRIDE = 4
+DEFAULT_SCORE_THRESHOLD = 0.05
+DEFAULT_TOP_K = 100
+
+# Floor for the per-image standard deviation, so a flat image is not blown up into noise.
+_MIN_STD = 8.0
+# Box sizes are predicted as log(size / STRIDE); clipping keeps exp() finite on a wild output.
+_MAX_LOG_SIZE = 8.0
+
+
+def preprocess(image_bgr, input_size):
+    """One BGR uint8 image (H x W x 3) as the float32 3 x S x S network input, and its (sx, sy) scale.
+
+    Steps: resize to S x S (area when shrinking, linear otherwise), BGR -> RGB, then per-image, per-channel
+    standardisation. Standardising each image on its own (rather than with fixed dataset statistics) takes
+    away the overall brightness and contrast of the surface, which is what changes most between the
+    training surfaces and unseen ones. ``(sx, sy)`` map network-input pixels back to image pixels.
+    """
+    image = np.asarray(image_bgr)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 BGR image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    height, width = image.shape[:2]
+    if (height, width) != (input_size, input_size):
+        shrinking = height > input_size and width > input_size
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        image = cv2.resize(image, (input_size, input_size), interpolation=interpolation)
+    mean, std = cv2.meanStdDev(image)  # per BGR channel, float64; one fast pass over the uint8 pixels
+    out = np.empty((3, input_size, input_size), np.float32)
+    # Channel by channel straight into the CHW output (RGB order): no float HWC temporaries, no transpose.
+    for channel, plane in enumerate(reversed(cv2.split(image))):
+        bgr_index = 2 - channel
+        inverse = np.float32(1.0 / max(float(std[bgr_index, 0]), _MIN_STD))
+        np.multiply(plane, inverse, out=out[channel], casting="unsafe")
+        out[channel] -= np.float32(float(mean[bgr_index, 0]) * inverse)
+    return out, (width / input_size, height / input_size)
+
+
+def _max_pool3(heat):
+    """3 x 3 max filter (stride 1, edge cells see only their in-range neighbours) over the last two axes."""
+    padded = np.pad(heat, [(0, 0)] * (heat.ndim - 2) + [(1, 1), (1, 1)], constant_values=-np.inf)
+    height, width = heat.shape[-2:]
+    out = padded[..., 0:height, 0:width].copy()
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(out, padded[..., dy:dy + height, dx:dx + width], out=out)
+    return out
+
+
+def decode(heatmap, size, offset, scale=(1.0, 1.0), score_threshold=DEFAULT_SCORE_THRESHOLD,
+           top_k=DEFAULT_TOP_K, image_size=None):
+    """Detections of one image from its network outputs.
+
+    ``heatmap`` is C x H x W class probabilities (sigmoid already applied in the network), ``size`` 2 x H x W
+    log(width / STRIDE), log(height / STRIDE), ``offset`` 2 x H x W the centre's sub-cell position. A peak is
+    a cell equal to the 3 x 3 maximum around it (the max-pool "NMS" of CenterNet); the ``top_k`` best peaks
+    scoring at least ``score_threshold`` become boxes, scaled by ``scale`` (sx, sy) to image pixels and
+    clipped to ``image_size`` (width, height) when given.
+
+    Returns (boxes float32 K x 4 as x1, y1, x2, y2; scores float32 K; class indices int64 K), best first.
+    Ties are broken by cell order (a stable sort), so equal inputs always give the same list.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    n_classes, height, width = heatmap.shape
+    peaks = (heatmap == _max_pool3(heatmap)) & (heatmap >= score_threshold)
+    flat = np.flatnonzero(peaks)
+    scores = heatmap.reshape(-1)[flat]
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    flat, scores = flat[order], scores[order]
+    classes, rest = np.divmod(flat, height * width)
+    ys, xs = np.divmod(rest, width)
+    size = np.clip(np.asarray(size, dtype=np.float32), -_MAX_LOG_SIZE, _MAX_LOG_SIZE)
+    offset = np.asarray(offset, dtype=np.float32)
+    centre_x = (xs + offset[0, ys, xs]) * STRIDE
+    centre_y = (ys + offset[1, ys, xs]) * STRIDE
+    half_w = np.exp(size[0, ys, xs]) * (STRIDE / 2.0)
+    half_h = np.exp(size[1, ys, xs]) * (STRIDE / 2.0)
+    sx, sy = scale
+    boxes = np.stack([(centre_x - half_w) * sx, (centre_y - half_h) * sy,
+                      (centre_x + half_w) * sx, (centre_y + half_h) * sy], axis=1).astype(np.float32)
+    if image_size is not None:
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, image_size[0])
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, image_size[1])
+    return boxes.reshape(-1, 4), scores.astype(np.float32), classes.astype(np.int64)
+
+
+def to_detections(boxes, scores, classes, class_names):
+    """The app's result list: ``[{"box": [x1, y1, x2, y2], "score": float, "class": name}, ...]``."""
+    return [
+        {"box": [float(v) for v in box], "score": float(score), "class": class_names[int(index)]}
+        for box, score, index in zip(boxes, scores, classes)
+    ]

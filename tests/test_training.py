@@ -1,0 +1,267 @@
+"""The built-in detector training: parameters, augmentations, decode, a tiny training run with checkpoints,
+stop and resume, DDP on CPU, and the exported app served by the real runtime."""
+import io
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from serving.synth import make_split
+from serving.training import augment, detector_ops
+from serving.training.params import TrainParams
+
+# Small enough to train in seconds: 128-pixel inputs (the 256-pixel synth images are resized), batch 8.
+TINY = {"net_model": "res18", "model_scope": "SMALL", "input_size": 128, "batch_size": 8, "lr": 3e-3,
+        "snapshot_interval": 10, "expansions": ("HOR_FLIPE", "VER_FLIPE", "ROTATE_90", "VAGUE")}
+
+
+class Recorder:
+    """A reporter that keeps everything and asks for a stop after ``stop_after`` polls (None: never)."""
+
+    def __init__(self, stop_after=None):
+        self.records, self.checkpoints = [], []
+        self.polls = 0
+        self.stop_after = stop_after
+
+    def progress(self, record):
+        self.records.append(record)
+
+    def checkpoint(self, iteration, state, metrics):
+        self.checkpoints.append((iteration, state, metrics))
+
+    def should_stop(self):
+        self.polls += 1
+        return self.stop_after is not None and self.polls > self.stop_after
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(2)
+    train_images, train_coco = make_split(32, 11, surfaces="train")
+    val_images, val_coco = make_split(8, 12, surfaces="train")
+    return train_images, train_coco, val_images, val_coco
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """30 iterations of the tiny configuration: the run the other tests inspect."""
+    from serving.training.trainer import train
+
+    train_images, train_coco, val_images, val_coco = data
+    params = TrainParams(max_iters=30, **TINY)
+    reporter = Recorder()
+    result = train(params, train_coco, train_images, val_coco, val_images, reporter)
+    return params, reporter, result
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "batch_size must be between 1"),
+    ({"max_iters": 0}, "max_iters must be between 1"),
+    ({"lr": -0.1}, "learning rate must be > 0"),
+    ({"lr": float("nan")}, "finite"),
+    ({"net_model": "alexnet"}, "unknown net_model 'alexnet'"),
+    ({"model_scope": "HUGE"}, "unknown model_scope"),
+    ({"expansions": ("MIRROR",)}, "unknown dataset expansion 'MIRROR'"),
+    ({"snapshot_interval": 0}, "snapshot_interval"),
+    ({"input_size": 250}, "multiple of 32"),
+    ({"batch_size": 5, "device_num": 2}, "split evenly"),
+    ({"batch_size": True}, "must be an integer"),
+    ({"device": "TPU"}, "unknown device"),
+])
+def test_params_refuse_absurd_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainParams(**change)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_params_gpu_without_cuda_says_so():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        TrainParams(device="GPU")
+
+
+def test_params_from_param_class_and_dict_round_trip():
+    params = TrainParams.from_param_class({
+        "net_model": "resnet", "model_scope": "NORMAL", "dataset_expansion_lst": ["HOR_FLIPE", {"name": "VAGUE"}],
+        "inital_learning_rate": 0.01, "max_num_iters": 500, "batch_size": 4, "snap_shot_ivterval": 50})
+    assert (params.net_model, params.model_scope, params.expansions) == ("resnet", "NORMAL", ("HOR_FLIPE", "VAGUE"))
+    assert (params.lr, params.max_iters, params.batch_size, params.snapshot_interval) == (0.01, 500, 4, 50)
+    assert TrainParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="unknown training parameters"):
+        TrainParams.from_dict({**params.to_dict(), "epochs": 3})
+
+
+# ---------------------------------------------------------------------------------------------- augmentations
+
+
+def _image_with_boxes(height, width, boxes):
+    """An image whose channel k is non-zero exactly inside box k (k < 3): boxes are recoverable from pixels."""
+    image = np.zeros((height, width, 3), np.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(boxes):
+        image[y1:y2, x1:x2, k] = 255
+    return image
+
+
+def _boxes_from_pixels(image, count):
+    out = []
+    for k in range(count):
+        ys, xs = np.nonzero(image[:, :, k])
+        out.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("transform", [augment.hflip, augment.vflip, augment.rot90])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80)])
+def test_geometric_expansions_move_boxes_exactly(transform, shape):
+    boxes = [[3, 5, 20, 9], [40, 30, 47, 48], [0, 0, 1, 1]]
+    image = _image_with_boxes(*shape, boxes)
+    moved_image, moved_boxes = transform(image, np.array(boxes, np.float32))
+    np.testing.assert_array_equal(moved_boxes, _boxes_from_pixels(moved_image, 3))
+
+
+def test_blur_keeps_boxes_and_expand_is_reproducible():
+    image = _image_with_boxes(64, 64, [[10, 10, 30, 20]])
+    boxes = np.array([[10, 10, 30, 20]], np.float32)
+    blurred, same = augment.blur(image, boxes, 1.0)
+    np.testing.assert_array_equal(same, boxes)
+    assert not np.array_equal(blurred, image)
+    names = ("HOR_FLIPE", "VER_FLIPE", "ROTATE_90", "VAGUE")
+    first = augment.expand(image, boxes, names, np.random.default_rng(5))
+    second = augment.expand(image, boxes, names, np.random.default_rng(5))
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def test_decode_finds_peaks_and_scales_boxes():
+    heatmap = np.zeros((2, 16, 16), np.float32)
+    heatmap[1, 4, 6] = 0.9
+    heatmap[1, 4, 7] = 0.5  # next to a higher peak: suppressed by the 3 x 3 max-pool
+    heatmap[0, 10, 2] = 0.3
+    size = np.zeros((2, 16, 16), np.float32)
+    size[:, 4, 6] = math.log(3.0)  # 3 cells = 12 input pixels
+    offset = np.full((2, 16, 16), 0.5, np.float32)
+    boxes, scores, classes = detector_ops.decode(heatmap, size, offset, scale=(2.0, 2.0), score_threshold=0.2)
+    np.testing.assert_allclose(scores, [0.9, 0.3])
+    np.testing.assert_array_equal(classes, [1, 0])
+    # Centre (6.5, 4.5) cells = (26, 18) input pixels, 12 wide; times the scale 2.
+    np.testing.assert_allclose(boxes[0], [40, 24, 64, 48], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_training_reports_progress_checkpoints_and_learns(trained):
+    params, reporter, result = trained
+    assert [r.cur_iter_num for r in reporter.records] == [10, 20, 30]
+    assert [c[0] for c in reporter.checkpoints] == [10, 20, 30]
+    record = reporter.records[-1]
+    assert record.model_name == "res18_30.ckpt" and record.max_iter_num == 30
+    assert record.lr > 0 and record.images_per_s > 0 and record.map50 is not None
+    assert reporter.records[-1].loss < reporter.records[0].loss
+    assert result.iteration == 30 and not result.stopped
+    assert reporter.checkpoints[-1][2]["evaluated"] and "per_class" in reporter.checkpoints[-1][2]
+
+
+def test_stop_then_resume_continues_where_it_stopped(data, trained):
+    from serving.training.trainer import load_state, train
+
+    train_images, train_coco, val_images, val_coco = data
+    params = TrainParams(max_iters=14, **TINY)
+    stopping = Recorder(stop_after=5)
+    result = train(params, train_coco, train_images, val_coco, val_images, stopping)
+    assert result.stopped and result.iteration == 5
+    assert [c[0] for c in stopping.checkpoints] == [5] and not stopping.checkpoints[0][2]["evaluated"]
+
+    resumed = Recorder()
+    result = train(params, train_coco, train_images, val_coco, val_images, resumed,
+                   init_state=stopping.checkpoints[0][1])
+    assert result.iteration == 14 and not result.stopped
+    assert [c[0] for c in resumed.checkpoints] == [10, 14]
+
+    # Data order and augmentation depend on the iteration only, so stop + resume equals a straight run.
+    straight = Recorder()
+    train(params, train_coco, train_images, val_coco, val_images, straight)
+    resumed_weights = load_state(resumed.checkpoints[-1][1])["model"]
+    straight_weights = load_state(straight.checkpoints[-1][1])["model"]
+    for name, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, atol=1e-4, rtol=1e-4)
+
+
+def test_distributed_two_processes_match_one(data):
+    """DDP with 2 gloo processes on CPU: same schedule and checkpoints, losses within noise of 1 process."""
+    from serving.training.trainer import train
+
+    train_images, train_coco, val_images, val_coco = data
+    params = TrainParams(max_iters=10, **{**TINY, "snapshot_interval": 5})
+    single, double = Recorder(), Recorder()
+    train(params, train_coco, train_images, val_coco, val_images, single)
+    result = train(TrainParams(max_iters=10, device_num=2, **{**TINY, "snapshot_interval": 5}),
+                   train_coco, train_images, val_coco, val_images, double)
+    assert result.iteration == 10 and [c[0] for c in double.checkpoints] == [5, 10]
+    for one, two in zip(single.records, double.records):
+        # Same data and gradient up to per-process batch-norm statistics.
+        assert two.loss == pytest.approx(one.loss, rel=0.15)
+
+
+def test_training_refuses_mismatched_inputs(data):
+    from serving.training.trainer import train
+
+    train_images, train_coco, val_images, val_coco = data
+    with pytest.raises(ValueError, match="images were given"):
+        train(TrainParams(max_iters=1, **TINY), train_coco, train_images[:-1], val_coco, val_images, Recorder())
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def test_exported_app_serves_the_trainers_detections(tmp_path, data, trained):
+    from serving.inprocess import InProcessRunner
+    from serving.training.export import export_app
+    from serving.training.trainer import model_from_state, predict
+
+    params, reporter, _ = trained
+    _, _, val_images, val_coco = data
+    state = reporter.checkpoints[-1][1]
+    threshold = 0.05
+    app_dir = export_app(state, params, tmp_path / "evals" / "defect-detector", score_threshold=threshold)
+    assert {p.name for p in app_dir.iterdir()} >= {"model.onnx", "app.json", "eval.py", "detector_ops.py"}
+
+    model, classes = model_from_state(state)
+    expected = predict(model, val_images, params.input_size, score_threshold=threshold)
+    with InProcessRunner(str(tmp_path / "evals"), "defect-detector") as runner:
+        bodies = [cv2.imencode(".png", image)[1].tobytes() for image in val_images]
+        served = runner.infer([{"body": body} for body in bodies])
+    assert any(len(boxes) for boxes, _, _ in expected)
+    for (boxes, scores, labels), result in zip(expected, served):
+        ours = detector_ops.to_detections(boxes, scores, labels, classes)
+        theirs = result["detections"]
+        assert len(theirs) == len(ours)
+        # As sets: torch and onnxruntime scores differ in the 7th digit, which may swap two near-tied detections.
+        for mine, served_one in zip(_canonical(ours), _canonical(theirs)):
+            np.testing.assert_allclose(served_one["box"], mine["box"], atol=1e-3)
+            assert served_one["score"] == pytest.approx(mine["score"], abs=1e-4)
+            assert served_one["class"] == mine["class"]
+
+
+def _canonical(detections):
+    return sorted(detections, key=lambda d: (d["class"], [round(v, 1) for v in d["box"]]))
+
+
+def test_checkpoint_bytes_hold_everything_to_resume(trained):
+    from serving.training.trainer import CHECKPOINT_FORMAT, load_state
+
+    _, reporter, _ = trained
+    state = load_state(reporter.checkpoints[-1][1])
+    assert state["format"] == CHECKPOINT_FORMAT and state["iteration"] == 30
+    assert {"model", "optimizer", "params", "classes", "torch_rng"} <= state.keys()
+    with pytest.raises(ValueError, match="not a serving.training checkpoint"):
+        buffer = io.BytesIO()
+        torch.save({"format": "other"}, buffer)
+        load_state(buffer.getvalue())
