@@ -260,15 +260,34 @@ class _LoadError(Exception):
 class AppRegistry:
     """The apps of one evals dir, by name."""
 
-    def __init__(self, evals_dir, classic_name=None):
+    def __init__(self, evals_dir, classic_name=None, extra_dirs=()):
         self.evals_dir = Path(evals_dir).resolve()
         self.classic_name = classic_name
+        # Further folders of apps (in the app layout), served beside the evals dir: exported training snapshots
+        # live in DATA/apps. An app of the evals dir shadows an extra one of the same name.
+        self.extra_dirs = tuple(Path(folder).resolve() for folder in extra_dirs)
         self.apps = {}
         self._reloading = asyncio.Lock()  # one load/unload at a time: each reads and swaps self.apps
 
-    async def load_all(self, strict=False):
-        """Load every app of the evals dir; with `strict`, the first FAILED app raises ConfigError."""
+    def _discover(self):
+        """[(name, folder, package)] of every app on disk: the evals dir's, then the extra dirs' not shadowed."""
         found = discover(self.evals_dir, self.classic_name)
+        names = {name for name, _, _ in found}
+        for extra in self.extra_dirs:
+            if not extra.is_dir():
+                continue
+            for name, folder, package in discover(extra):
+                if name in names:
+                    log.warning("app folder %s is shadowed by app %s of %s", folder, name, self.evals_dir)
+                    continue
+                names.add(name)
+                found.append((name, folder, package))
+        return found
+
+    async def load_all(self, strict=False):
+        """Load every app of the evals dir (and extra dirs); with `strict`, the first FAILED app raises
+        ConfigError."""
+        found = self._discover()
         _add_to_evals_path(self.evals_dir)
         for name, folder, package in found:
             app = App(name, folder, package)
@@ -291,7 +310,7 @@ class AppRegistry:
 
     def folders(self):
         """{app name: (app folder, package)} of the apps on disk now, loaded or not."""
-        return {name: (folder, package) for name, folder, package in discover(self.evals_dir, self.classic_name)}
+        return {name: (folder, package) for name, folder, package in self._discover()}
 
     async def load_app(self, name):
         """(Re)load app `name` from its folder on disk, without a restart and without dropping calls in flight.

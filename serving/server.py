@@ -18,6 +18,7 @@ from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
+from serving.jobs.export import exported_apps_dir
 from serving.jobs.manager import DEFAULT_MAX_JOBS, DEFAULT_TRAINER_APP, JobManager
 from serving.servicers.mvp import add_mvp_servicers_to_server
 from serving.servicers.store import StoreServicer
@@ -48,7 +49,8 @@ class ServingServer:
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
                  credentials=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
                  trainer_app=DEFAULT_TRAINER_APP):
-        self.registry = AppRegistry(evals_dir, classic_name=app_name)
+        # Apps exported from training snapshots (serving.jobs.export) are served beside the evals dir's.
+        self.registry = AppRegistry(evals_dir, classic_name=app_name, extra_dirs=(exported_apps_dir(data_dir),))
         self.dataplane = DataPlane(self.registry)
         self.host = host
         self.port = port

@@ -7,6 +7,12 @@ net_inference,
     def test(job): ...             runs a TEST task; returns COCO detections
     TRAIN_NET_MODELS = (...)       optional: the ParamClass.net_model names train() accepts ("" = its default);
                                    any other name is refused with 400 before the task is recorded
+    def check_train_params(params) optional: called in the server when a TRAIN task (or template) is submitted,
+                                   with the checked ParamClass dict; a ValueError refuses it with 400 and its
+                                   text, before anything is recorded. Keep it light: it runs in the server.
+    def export(model_bytes, meta, out_dir)
+                                   optional: writes a servable app folder for one of this app's snapshots
+                                   (serving.jobs.export: `serving export`, TaskControl.model_export)
 
 Which app runs a task:
     TRAIN: the app named by ParamClass.model_name when it is a loaded app defining train(job); otherwise

@@ -9,6 +9,8 @@
                                   [--model ID]) [--description TEXT]
     serving template ls | show NAME | delete NAME
     serving template start NAME --task-id N [--interface-id N] [--dataset ID] [--val ID] [--model ID]
+    serving export --model-id ID [--name APP]      serve a snapshot: export it and load it into the server
+    serving export --model-id ID --out DIR [--data-dir D] [--evals E]    write the app folder only (offline)
 
 Every command takes --target HOST:PORT (default $SERVING_TARGET or localhost:9000), --token (default
 $SERVING_TOKEN) and the TLS flags of the other client commands (--tls-ca, --tls-cert, --tls-key). Output is JSON; a refused call prints "code: message" on stderr and exits 1.
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from serving.cli_args import add_client_security, client_security, json_object
 
@@ -83,6 +86,17 @@ def add_job_commands(subparsers):
     tstart.add_argument("--model", default="")
     tstart.set_defaults(func=cmd_template_start)
 
+    export = subparsers.add_parser("export", parents=[common], help="serve a training snapshot as an app")
+    export.add_argument("--model-id", required=True, help="store id of the snapshot (a model_id_lst entry)")
+    export.add_argument("--name", default="", help="the app's name (default <net_model>_<task_id>_<iteration>)")
+    export.add_argument("--out", type=Path, default=None,
+                        help="write the app folder here instead of asking the server (reads the store itself)")
+    export.add_argument("--data-dir", type=Path, default=os.environ.get("SERVING_DATA_DIR", "var"),
+                        help="with --out: the store's folder [SERVING_DATA_DIR, default ./var]")
+    export.add_argument("--evals", type=Path, default=os.environ.get("SERVING_EVALS", "evals"),
+                        help="with --out: the evals dir holding the app that trained the model [SERVING_EVALS]")
+    export.set_defaults(func=cmd_export)
+
 
 class _Connection:
     """A channel to the server with the FormatData and TaskControl stubs."""
@@ -111,11 +125,11 @@ class _Connection:
     def __exit__(self, *exc_info):
         self.channel.close()
 
-    def call(self, method, request, with_call=False):
+    def call(self, method, request, with_call=False, timeout=CALL_TIMEOUT_S):
         """Call a unary method; with `with_call`, (reply, call) to read the trailing metadata too."""
         if with_call:
-            return method.with_call(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
-        return method(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
+            return method.with_call(request, timeout=timeout, metadata=self.metadata)
+        return method(request, timeout=timeout, metadata=self.metadata)
 
 
 def _report(code, message, value_json=""):
@@ -241,4 +255,25 @@ def cmd_template_start(args):
                                            trained_model_id=args.model)
     with _Connection(args) as conn:
         reply = conn.call(conn.control.template_start, request)
+        return _report(reply.resCode, reply.ErrorMsg, reply.json)
+
+
+def cmd_export(args):
+    if args.out is not None:
+        from serving.jobs.codes import JobError
+        from serving.jobs.export import export_model_folder
+
+        try:
+            export_model_folder(args.data_dir, args.evals, args.model_id, args.out)
+        except JobError as exc:
+            return _report(exc.code, exc.message)
+        print(json.dumps({"model_id": args.model_id, "path": str(args.out.resolve())}))
+        return 0
+    from serving.proto import mvp_pb2
+
+    with _Connection(args) as conn:
+        from serving.jobs.export import EXPORT_TIMEOUT_S
+
+        request = mvp_pb2.ModelExportRequest(model_id=args.model_id, app_name=args.name)
+        reply = conn.call(conn.control.model_export, request, timeout=EXPORT_TIMEOUT_S + CALL_TIMEOUT_S)
         return _report(reply.resCode, reply.ErrorMsg, reply.json)

@@ -22,14 +22,17 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 from serving.jobs import db as jobdb
 from serving.jobs.codes import BAD_PARAMS, CONFLICT, INTERNAL, NO_TRAINER, NOT_FOUND, NOT_READY, JobError
+from serving.jobs.export import (check_app_name, default_app_name, export_in_subprocess, exported_apps_dir,
+                                 replace_folder)
 from serving.jobs.params import PARAM_FIELDS, check_task_ids, check_train_params
-from serving.jobs.worker import append_log, task_dir
+from serving.jobs.worker import append_log, child_environment, task_dir
 
 log = logging.getLogger("serving.jobs")
 
@@ -81,6 +84,8 @@ class JobManager:
         self._closing = False
         self._open_lock = None
         self._background = set()  # watcher and escalation tasks: referenced so they are not collected
+        self._exporting = None  # asyncio.Lock: one export at a time (each replaces a folder and reloads an app)
+        self._exports = 0
 
     # ---- life cycle -----------------------------------------------------------------------------------------
 
@@ -89,6 +94,7 @@ class JobManager:
         RUNNING); otherwise they are created by the first task call, so a server that never runs a task writes
         no file for them."""
         self._open_lock = asyncio.Lock()
+        self._exporting = asyncio.Lock()
         if (self.data_dir / jobdb.DB_FILE).exists():
             await self._opened()
 
@@ -200,10 +206,7 @@ class JobManager:
                 "--attempt", str(attempt), "--parent-pid", str(os.getpid())]
         if self.app_name:
             args += ["--app-name", self.app_name]
-        # The serving package must import in the child whatever the server's working directory is.
-        package_root = str(Path(__file__).resolve().parent.parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                                         os.environ.get("PYTHONPATH")]))}
+        env = child_environment()
         try:
             # A session of its own: a Ctrl-C meant for the server does not kill the worker mid-write; the server
             # asks it to stop instead. Its process group is what stop escalation signals.
@@ -298,6 +301,19 @@ class JobManager:
                                        f"the trainer app {self.trainer_app!r} is not loaded or defines no train()")
         return self.trainer_app, module
 
+    @staticmethod
+    def _train_params(module, raw):
+        """The checked ParamClass dict of a TRAIN task for trainer app `module`: the generic checks, its
+        TRAIN_NET_MODELS, then its own check_train_params(params) hook when it has one (ValueError: 400)."""
+        params = check_train_params(raw, getattr(module, "TRAIN_NET_MODELS", None))
+        hook = getattr(module, "check_train_params", None)
+        if callable(hook):
+            try:
+                hook(dict(params))
+            except ValueError as exc:
+                raise JobError(BAD_PARAMS, str(exc)) from None
+        return params
+
     def _check_document(self, doc_id, field, kind, required):
         """Check a store id field: 400 malformed or wrong kind, 404 missing. The id in lowercase, or ""."""
         from serving.store import is_valid_id
@@ -332,7 +348,7 @@ class JobManager:
         raw = spec.get("param_request") or {}
         if kind == jobdb.TRAIN:
             app, module = self._trainer_for(str(raw.get("model_name") or ""))
-            params = check_train_params(raw, getattr(module, "TRAIN_NET_MODELS", None))
+            params = self._train_params(module, raw)
         else:
             app = self._store_factory().get(model_id).meta.get("app", "")
             module = self._app_module(app)
@@ -445,8 +461,9 @@ class JobManager:
             model_id = models[-1]["store_id"] if models else task["params"]["trained_model_id"]
             source_label = f"{key[0]}/{key[1]}"
         else:
-            _, module = self._trainer_for(str((spec.get("param_request") or {}).get("model_name") or ""))
-            params = check_train_params(spec.get("param_request") or {}, getattr(module, "TRAIN_NET_MODELS", None))
+            raw = spec.get("param_request") or {}
+            _, module = self._trainer_for(str(raw.get("model_name") or ""))
+            params = self._train_params(module, raw)
             dataset_id = self._check_document(spec.get("json_mongodb_id"), "json_mongodb_id", "dataset", False)
             val_id = self._check_document(spec.get("json_val_id"), "json_val_id", "dataset", False)
             model_id = self._check_document(spec.get("trained_model_id"), "trained_model_id", "model", False)
@@ -483,3 +500,44 @@ class JobManager:
         for field in ("json_mongodb_id", "json_val_id", "trained_model_id"):
             spec[field] = (overrides or {}).get(field) or template[field]
         return await self.submit(spec)
+
+    # ---- serving what was trained ---------------------------------------------------------------------------
+
+    async def export_model(self, model_id, app_name=""):
+        """Export snapshot `model_id` as an app into DATA/apps/<name> and (re)load it in this server without a
+        restart (serving.jobs.export). Returns {"app", "model_id", "path", "state"}. JobError: 400 malformed id or
+        name, or not a model; 404 unknown model; 409 the name belongs to an app of the evals dir; 503 the app that
+        trained it cannot export; 500 the export or the load failed (a previous version keeps serving)."""
+        record = await asyncio.to_thread(self._model_record, model_id)
+        name = check_app_name(app_name or default_app_name(record.meta))
+        apps_dir = exported_apps_dir(self.data_dir)
+        if self.registry is not None:
+            folder = self.registry.folders().get(name)
+            if folder is not None and folder[0].parent != apps_dir.resolve():
+                raise JobError(CONFLICT, f"app name {name!r} is taken by the app folder {folder[0]}")
+        async with self._exporting:
+            self._exports += 1
+            staging = apps_dir / f".{name}.export-{os.getpid()}-{self._exports}"
+            try:
+                await asyncio.to_thread(export_in_subprocess, self.data_dir, self.evals_dir, record.id, staging,
+                                        self.app_name)
+                await asyncio.to_thread(replace_folder, staging, apps_dir / name)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+            state = None
+            if self.registry is not None:
+                app = await self.registry.load_app(name)
+                state = app.state
+        log.info("model %s exported as app %s", record.id, name)
+        return {"app": name, "model_id": record.id, "path": str((apps_dir / name).resolve()), "state": state}
+
+    def _model_record(self, model_id):
+        from serving.store import StoreError, check_id
+
+        try:
+            record = self._store_factory().get(check_id((model_id or "").strip()))
+        except StoreError as exc:
+            raise JobError(exc.code, exc.message) from None
+        if record.kind != "model":
+            raise JobError(BAD_PARAMS, f"{record.id} is a {record.kind}, not a model")
+        return record

@@ -36,6 +36,13 @@ DEFAULT_NICE = 10
 ERROR_TAIL_LINES = 6
 
 
+def child_environment():
+    """os.environ for a child `python -m serving....` process: the serving package importable in it whatever
+    the server's working directory is."""
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
 def task_dir(data_dir, key):
     return Path(data_dir) / "jobs" / f"{key[0]}_{key[1]}"
 
@@ -169,7 +176,8 @@ def _error_text(exc):
     return f"{type(exc).__name__}: {exc}\n{tail}"
 
 
-def _import_app(evals_dir, app, classic_name):
+def import_app(evals_dir, app, classic_name):
+    """(app folder, imported eval module) of app `app` of an evals dir, imported as the server imports it."""
     from serving.apps import _add_to_evals_path, discover, import_eval_module
 
     for name, folder, package in discover(evals_dir, classic_name):
@@ -231,7 +239,7 @@ def run(args):
     store = Store(args.data_dir)
     job = None
     try:
-        app_dir, module = _import_app(args.evals, task["app"], args.app_name)
+        app_dir, module = import_app(args.evals, task["app"], args.app_name)
         hook_name = "train" if task["kind"] == jobdb.TRAIN else "test"
         hook = getattr(module, hook_name, None)
         if not callable(hook):

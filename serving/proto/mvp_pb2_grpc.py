@@ -516,6 +516,11 @@ class TaskControlStub:
                 request_serializer=mvp__pb2.TemplateStartRequest.SerializeToString,
                 response_deserializer=mvp__pb2.TaskReply.FromString,
                 _registered_method=True)
+        self.model_export = channel.unary_unary(
+                '/mvp_rpc.TaskControl/model_export',
+                request_serializer=mvp__pb2.ModelExportRequest.SerializeToString,
+                response_deserializer=mvp__pb2.TaskReply.FromString,
+                _registered_method=True)
 
 
 class TaskControlServicer:
@@ -590,6 +595,14 @@ class TaskControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def model_export(self, request, context):
+        """Serve a snapshot (a model_id_lst entry): export it as an app and load it into the running server without a
+        restart (json: {"app", "model_id", "path", "state"}). serving.jobs.export documents where it goes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -636,6 +649,11 @@ def add_TaskControlServicer_to_server(servicer, server):
             'template_start': grpc.unary_unary_rpc_method_handler(
                     servicer.template_start,
                     request_deserializer=mvp__pb2.TemplateStartRequest.FromString,
+                    response_serializer=mvp__pb2.TaskReply.SerializeToString,
+            ),
+            'model_export': grpc.unary_unary_rpc_method_handler(
+                    servicer.model_export,
+                    request_deserializer=mvp__pb2.ModelExportRequest.FromString,
                     response_serializer=mvp__pb2.TaskReply.SerializeToString,
             ),
     }
@@ -887,6 +905,33 @@ class TaskControl:
             target,
             '/mvp_rpc.TaskControl/template_start',
             mvp__pb2.TemplateStartRequest.SerializeToString,
+            mvp__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def model_export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mvp_rpc.TaskControl/model_export',
+            mvp__pb2.ModelExportRequest.SerializeToString,
             mvp__pb2.TaskReply.FromString,
             options,
             channel_credentials,

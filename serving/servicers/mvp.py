@@ -217,6 +217,9 @@ class TaskControlServicer(pb_grpc.TaskControlServicer):
 
         return await self._run(start(), "template_start")
 
+    async def model_export(self, request, context):
+        return await self._run(self.jobs.export_model(request.model_id, request.app_name), "model_export")
+
 
 def add_mvp_servicers_to_server(jobs, server):
     """Register FormatData and TaskControl on a grpc.aio server; the full service names (for reflection)."""

@@ -1,0 +1,132 @@
+"""Serving what was trained: a training snapshot (a store document of kind "model") becomes an app folder.
+
+The app that trained the snapshot (its store meta's "app") decides what the folder holds, through a hook
+beside train(job) in its eval.py:
+
+    def export(model_bytes, meta, out_dir): ...   write a complete app folder (eval.py, app.json, model files)
+
+The built-in trainer (evals/mvp_detector) writes an ONNX model plus its own pre- and post-processing
+(serving.training.export). The hook runs in a process of its own (`python -m serving.jobs.export ...`), like
+training, so torch and the ONNX exporter never load into the serving process.
+
+Where exported apps go: `DATA/apps/<name>/`, a folder the server serves beside the evals dir (and again after a
+restart); `serving export --model-id ID --out DIR` writes one anywhere instead (e.g. into evals/ to build an
+image with it). The default name is `<net_model or app>_<task_id>_<iteration>`, e.g. `res18_7_1000`.
+Exporting again under the same name replaces the folder and reloads the app without dropping calls in flight.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from serving.jobs.codes import BAD_PARAMS, CONFLICT, INTERNAL, NO_TRAINER, JobError
+
+EXPORTED_APPS_DIR = "apps"
+EXPORT_TIMEOUT_S = 300.0
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_OUTPUT_TAIL_CHARS = 2000
+
+
+def exported_apps_dir(data_dir):
+    """The folder of exported apps of a data folder (DATA/apps)."""
+    return Path(data_dir) / EXPORTED_APPS_DIR
+
+
+def default_app_name(meta):
+    """`<net_model or app>_<task_id>_<iteration>` of a snapshot's store meta."""
+    stem = meta.get("net_model") or meta.get("app") or "model"
+    return f"{stem}_{meta.get('task_id', 0)}_{meta.get('iter', 0)}"
+
+
+def check_app_name(name):
+    if not isinstance(name, str) or not _APP_NAME.match(name):
+        raise JobError(BAD_PARAMS, f"app name {name!r}: 1 to 64 letters, digits, '_', '.', '-', starting with a "
+                                   "letter or digit")
+    return name
+
+
+def export_in_subprocess(data_dir, evals_dir, model_id, out_dir, app_name=None):
+    """Run the exporting app's export hook for `model_id` in a child process, writing `out_dir`.
+    JobError with the child's reason when it fails."""
+    args = [sys.executable, "-m", "serving.jobs.export", "--data-dir", str(Path(data_dir).resolve()),
+            "--evals", str(Path(evals_dir).resolve()), "--model-id", model_id, "--out", str(out_dir)]
+    if app_name:
+        args += ["--app-name", app_name]
+    from serving.jobs.worker import child_environment
+
+    try:
+        done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env=child_environment(),
+                              timeout=EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise JobError(INTERNAL, f"exporting model {model_id} took longer than {EXPORT_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        # The child prints "CODE: message" on its last line for a refused export; anything else is a failure.
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        code, sep, message = last.partition(": ")
+        if sep and code.isdigit():
+            raise JobError(int(code), message)
+        raise JobError(INTERNAL, f"exporting model {model_id} failed: {done.stderr[-_OUTPUT_TAIL_CHARS:].strip()}")
+
+
+def replace_folder(new, target):
+    """Move folder `new` to `target`, replacing what is there (the old folder is removed after the swap)."""
+    target = Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model_folder(data_dir, evals_dir, model_id, out_dir, classic_name=None):
+    """Check snapshot `model_id`, import the app that made it and call its export hook into `out_dir` (which
+    must not exist or be empty), in this process. JobError for a refusal."""
+    from serving.jobs.worker import import_app
+    from serving.store import Store, StoreError, check_id
+
+    with Store(data_dir) as store:
+        try:
+            record = store.get(check_id(model_id))
+        except StoreError as exc:
+            raise JobError(exc.code, exc.message) from None
+        if record.kind != "model":
+            raise JobError(BAD_PARAMS, f"{record.id} is a {record.kind}, not a model")
+        app = record.meta.get("app") or ""
+        _, module = import_app(evals_dir, app, classic_name)
+        hook = getattr(module, "export", None)
+        if not callable(hook):
+            raise JobError(NO_TRAINER, f"app {app!r}, which made model {record.id}, defines no export()")
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise JobError(CONFLICT, f"{out} is not empty")
+        out.mkdir(parents=True, exist_ok=True)
+        hook(store.read_blob(record.id), dict(record.meta), out)
+        if not (out / "eval.py").is_file():
+            raise JobError(INTERNAL, f"app {app}'s export() wrote no eval.py into {out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m serving.jobs.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--evals", required=True)
+    parser.add_argument("--app-name", default=None, help="the app name of a classic evals/eval.py layout")
+    parser.add_argument("--model-id", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        export_model_folder(args.data_dir, args.evals, args.model_id, args.out, args.app_name)
+    except JobError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

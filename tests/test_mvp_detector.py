@@ -1,0 +1,175 @@
+"""The built-in trainer (evals/mvp_detector) end to end on a real server: `serving dataset synth` data in the
+store, a TRAIN task through the seed's RPCs, progress, stop, a TEST task with its results and evaluation, then the
+snapshot exported and served without a restart, and its detections compared with the trainer's own."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, RunningServer, wait_until
+from serving.client import Client
+from serving.proto import mvp_pb2, mvp_pb2_grpc
+from serving.store import Store
+
+TIMEOUT = 30
+EXPORT_TIMEOUT = 180
+TRAIN = dict(model_name="mvp_model", dataset_expansion_lst=[0, 1, 2, 3], net_model="res18", model_scope=0,
+             device_type=0, inital_learning_rate=0.003, device_num=1, max_num_iters=100000, batch_size=4,
+             snap_shot_ivterval=4)
+
+
+def _cli(*args, data_dir):
+    done = subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args), "--data-dir", str(data_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvp-detector")
+    evals = root / "evals"
+    shutil.copytree(REPO / "evals" / "mvp_detector", evals / "mvp_detector")
+    data_dir = root / "var"
+    splits = json.loads(_cli("dataset", "synth", "--n", 40, "--seed", 5, data_dir=data_dir).splitlines()[-1])
+    server = RunningServer(["--evals", str(evals), "--data-dir", str(data_dir)])
+    channel = server.channel()
+    yield {"server": server, "data_dir": data_dir, "evals": evals, "splits": splits,
+           "client": mvp_pb2_grpc.FormatDataStub(channel=channel), "control": mvp_pb2_grpc.TaskControlStub(channel)}
+    channel.close()
+    server.stop()
+
+
+def _ident(task_id, model_id=None):
+    return mvp_pb2.Data_task_id(task_id=task_id, interface_id=1, model_id=model_id)
+
+
+def _start(env, task_id, task_type=0, dataset=None, val=None, model_id="", **changes):
+    param = mvp_pb2.ParamClass(**{**TRAIN, **changes})
+    request = mvp_pb2.Data_task_request(param_request=param, task_id=task_id, interface_id=1, task_type=task_type,
+                                        json_mongodb_id=dataset or env["splits"]["train"], json_val_id=val,
+                                        trained_model_id=model_id)
+    reply, call = env["client"].task_start_request.with_call(request, timeout=TIMEOUT)
+    return reply.resCode, dict(call.trailing_metadata() or ()).get("serving-message", "")
+
+
+def _task(env, task_id):
+    return json.loads(env["control"].task_query(_ident(task_id), timeout=TIMEOUT).json)
+
+
+def _export(env, model_id, name=""):
+    reply = env["control"].model_export(mvp_pb2.ModelExportRequest(model_id=model_id, app_name=name),
+                                        timeout=EXPORT_TIMEOUT)
+    return reply.resCode, reply.ErrorMsg, json.loads(reply.json) if reply.json else None
+
+
+def test_train_stop_test_evaluate_export_and_serve(env):
+    client, splits = env["client"], env["splits"]
+    assert _start(env, 11, val=splits["val"]) == (0, "")
+    # Progress: one TrainRecord per snapshot, with the validation mAP@.5 of that snapshot.
+    assert wait_until(lambda: len(client.get_train_progresses(_ident(11), timeout=TIMEOUT).model_id_lst) >= 2,
+                      120, 0.2), (_task(env, 11), env["server"].output[-3000:])
+    assert client.task_stop_request(_ident(11), timeout=TIMEOUT).resCode == 0
+    assert wait_until(lambda: _task(env, 11)["state"] == "STOPPED", 30, 0.1), _task(env, 11)
+    progress = client.get_train_progresses(_ident(11), timeout=TIMEOUT)
+    records = list(progress.train_records_lst)
+    assert progress.resCode == 0 and len(records) >= 2
+    assert [r.cur_iter_num for r in records[:2]] == [4, 8]
+    assert all(r.max_iter_num == 100000 and 0 <= r.mAP <= 1 and r.loss > 0 and r.lr > 0 for r in records)
+    assert records[0].model_name == "res18_4.ckpt"
+    # The stop kept a snapshot of exactly where training was (the last model_id_lst entry).
+    model_id = progress.model_id_lst[-1]
+    with Store(env["data_dir"]) as store:
+        meta = store.get(model_id).meta
+    assert meta["app"] == "mvp_detector" and meta["iter"] >= records[-1].cur_iter_num
+
+    # TEST on the held-out split: progress to 'z', a result JSON, rendered images, a pycocotools evaluation.
+    assert _start(env, 12, task_type=1, dataset=splits["test"], model_id=model_id) == (0, "")
+    assert wait_until(lambda: client.test_progress_query(_ident(12), timeout=TIMEOUT).end_char == "z", 120, 0.2)
+    test_progress = client.test_progress_query(_ident(12), timeout=TIMEOUT)
+    assert test_progress.ret_state_code == 0, (test_progress.ErrorMsg, _task(env, 12))
+    assert test_progress.img_progress_num == test_progress.img_sum_num > 0
+    result = client.test_result_query(_ident(12), timeout=TIMEOUT)
+    evaluation = client.evaluation_result_query(_ident(12), timeout=TIMEOUT)
+    assert result.ret_state_code == 0 and evaluation.ret_state_code == 0
+    assert len(result.img_mongodb_ids) == test_progress.img_sum_num
+    with Store(env["data_dir"]) as store:
+        results = store.get_json(result.json_mongodb_id)
+        scores = store.get_json(evaluation.json_mongodb_id)
+        first = results["images"][0]
+        body = store.read_blob(first["store_id"])
+    assert 0 <= scores["mAP_50"] <= 1 and {c["name"] for c in scores["per_class"]} == {"scratch", "spot", "crack",
+                                                                                        "pit"}
+
+    # Export: served by the running server under the default name, without a restart.
+    code, message, exported = _export(env, model_id)
+    assert code == 0, message
+    assert exported["app"] == f"res18_11_{meta['iter']}" and exported["state"] == "READY"
+    with Client("127.0.0.1", env["server"].port, exported["app"], timeout=TIMEOUT) as app:
+        served = app.infer({"body": body}, params={"score_threshold": 0.01})[0]
+    assert "error" not in served, served
+    _assert_same_detections(first["detections"], served["detections"])
+    env["exported"] = (exported["app"], body, served)
+
+
+def test_an_exported_app_is_served_after_a_restart(env):
+    """DATA/apps is served beside the evals dir: a new server on the same data folder serves the export."""
+    if "exported" not in env:
+        pytest.skip("the end-to-end test did not export an app")
+    name, body, before = env["exported"]
+    server = RunningServer(["--evals", str(env["evals"]), "--data-dir", str(env["data_dir"])])
+    try:
+        with Client("127.0.0.1", server.port, name, timeout=TIMEOUT) as app:
+            again = app.infer({"body": body}, params={"score_threshold": 0.01})[0]
+    finally:
+        server.stop()
+    assert again == before
+
+
+def _assert_same_detections(trainer, served):
+    """The trainer's best detections (COCO, category ids) are among the served ones (class names), with the
+    same box and score, up to float differences between torch and ONNX Runtime."""
+    names = {1: "scratch", 2: "spot", 3: "crack", 4: "pit"}
+    top = sorted(trainer, key=lambda d: -d["score"])[:10]
+    assert top, "the trainer found nothing to compare"
+    for det in top:
+        x, y, w, h = det["bbox"]
+        match = [s for s in served if s["class"] == names[det["category_id"]]
+                 and abs(s["score"] - det["score"]) < 1e-3
+                 and max(abs(a - b) for a, b in zip(s["box"], (x, y, x + w, y + h))) < 0.5]
+        assert match, (det, served[:12])
+
+
+def test_export_refusals(env):
+    splits = env["splits"]
+    assert _export(env, "0" * 24)[0] == 404
+    assert _export(env, "not-an-id")[0] == 400
+    assert _export(env, splits["train"])[0] == 400  # a dataset, not a model
+    with Store(env["data_dir"]) as store:
+        model_id = next(r.id for r in store.list(kind="model"))
+    code, message, _ = _export(env, model_id, "mvp_detector")
+    assert code == 409 and "mvp_detector" in message
+    assert _export(env, model_id, "../escape")[0] == 400
+
+
+def test_trainer_refuses_what_it_cannot_run(env):
+    # Nothing is recorded for a refused task: the same id starts fine afterwards.
+    code, message = _start(env, 21, net_model="lenet")
+    assert code == 400 and "lenet" in message
+    code, message = _start(env, 21, batch_size=3, device_num=2)
+    assert code == 400 and "device_num" in message
+    from evals.mvp_detector.eval import _cuda_devices
+
+    if _cuda_devices() == 0:
+        code, message = _start(env, 21, device_type=1)
+        assert code == 400 and "GPU" in message
+    reply = env["control"].task_query(_ident(21), timeout=TIMEOUT)
+    assert reply.resCode == 404
+
+
+def test_the_trainer_app_itself_serves_no_inference(env):
+    with Client("127.0.0.1", env["server"].port, "mvp_detector", timeout=TIMEOUT) as app:
+        answer = app.infer({"body": b"x"})[0]
+    assert answer["code"] == 400 and "export" in answer["error"]
