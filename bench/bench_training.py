@@ -24,28 +24,7 @@ from serving.harness.scoring import score_detection
 from serving.synth import make_splits
 from serving.training.export import export_app
 from serving.training.params import TrainParams
-from serving.training.trainer import EVAL_SCORE_THRESHOLD, evaluate, model_from_state, train
-
-
-class BenchReporter:
-    """Prints progress, keeps the checkpoints, and asks for a stop once the time budget is spent."""
-
-    def __init__(self, budget_s):
-        self.deadline = time.perf_counter() + budget_s
-        self.checkpoints = []
-        self.records = []
-
-    def progress(self, record):
-        self.records.append(record)
-        print(f"iter {record.cur_iter_num:5d}/{record.max_iter_num}  loss {record.loss:.3f}  lr {record.lr:.2e}  "
-              f"val mAP@.5 {record.map50:.3f}  mAP {record.map:.3f}  {record.images_per_s:.1f} img/s  "
-              f"{record.elapsed_s:.0f} s  {record.model_name}", flush=True)
-
-    def checkpoint(self, iteration, state, metrics):
-        self.checkpoints.append((iteration, state, metrics))
-
-    def should_stop(self):
-        return time.perf_counter() >= self.deadline
+from serving.training.trainer import EVAL_SCORE_THRESHOLD, ConsoleReporter, evaluate, model_from_state, train
 
 
 def main(argv=None):
@@ -77,7 +56,7 @@ def main(argv=None):
                          batch_size=args.batch_size, snapshot_interval=args.snapshot, input_size=args.input_size,
                          expansions=("HOR_FLIPE", "VER_FLIPE", "ROTATE_90", "VAGUE"), seed=args.seed,
                          device_num=args.device_num)
-    reporter = BenchReporter(args.budget_s)
+    reporter = ConsoleReporter(args.budget_s)
     train_started = time.perf_counter()
     result = train(params, train_coco, train_images, val_coco, val_images, reporter)
     train_s = time.perf_counter() - train_started

@@ -273,14 +273,17 @@ class AppRegistry:
         """[(name, folder, package)] of every app on disk: the evals dir's, then the extra dirs' not shadowed."""
         found = discover(self.evals_dir, self.classic_name)
         names = {name for name, _, _ in found}
+        packages = {package for _, _, package in found}
         for extra in self.extra_dirs:
             if not extra.is_dir():
                 continue
             for name, folder, package in discover(extra):
-                if name in names:
-                    log.warning("app folder %s is shadowed by app %s of %s", folder, name, self.evals_dir)
+                if name in names or package in packages:
+                    log.warning("app folder %s is shadowed by an app of the same name (or module name %s)", folder,
+                                package)
                     continue
                 names.add(name)
+                packages.add(package)
                 found.append((name, folder, package))
         return found
 

@@ -18,6 +18,7 @@ from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
+from serving.inspection import Inspection
 from serving.jobs.export import exported_apps_dir
 from serving.jobs.manager import DEFAULT_MAX_JOBS, DEFAULT_TRAINER_APP, JobManager
 from serving.servicers.mvp import add_mvp_servicers_to_server
@@ -94,7 +95,8 @@ class ServingServer:
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
         add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
         store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), self._server)
-        mvp_services = add_mvp_servicers_to_server(self.jobs, self._server)
+        mvp_services = add_mvp_servicers_to_server(self.jobs, Inspection(self.dataplane, lambda: self.store, self.jobs),
+                                                   self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -1,14 +1,12 @@
 """protos/mvp.proto: seed 000's MVP/MVI interface, names (typos included) and the seed's client snippets."""
 import subprocess
 import sys
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from serving.proto import mvp_pb2, mvp_pb2_grpc
+from serving.proto import mvp_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -154,46 +152,3 @@ def test_enums():
     assert fields["model_scope"].enum_type.name == "ModelScopeClass"
     assert fields["device_type"].enum_type.name == "DeviceClass"
     assert mvp_pb2.Data_task_request.DESCRIPTOR.fields_by_name["task_type"].enum_type.name == "TaskTypeClass"
-
-
-class _FakeFormatData(mvp_pb2_grpc.FormatDataServicer):
-    """Answers like the seed's printed examples, recording what it received."""
-
-    def __init__(self):
-        self.received = []
-
-    def task_start_request(self, request, context):
-        self.received.append(request)
-        return mvp_pb2.Data_res_Code(resCode=0)
-
-    def get_train_progresses(self, request, context):
-        self.received.append(request)
-        record = mvp_pb2.TrainRecord(task_id=1, interface_id=1, model_id=1, record_time=0.02, cur_iter_num=100,
-                                     loss=0.02, mAP=0.02, lr=0.001, max_iter_num=50000,
-                                     model_name="resnet_1000.cpkt")
-        return mvp_pb2.TrainProgressRecords(resCode=0, ErrorMsg="OK", model_id_lst=["5b5ad4b19dc6d67a491f0789"],
-                                            train_records_lst=[record])
-
-
-def test_the_seed_client_calls_over_grpc():
-    servicer = _FakeFormatData()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    mvp_pb2_grpc.add_FormatDataServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        namespace = {"mvp_pb2": mvp_pb2}
-        exec(SEED_SNIPPETS, namespace)  # the seed's own construction code
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as conn:
-            client = mvp_pb2_grpc.FormatDataStub(channel=conn)
-            response = client.task_start_request(namespace["task_request"], timeout=10)
-            assert response.resCode == 0
-            progress = client.get_train_progresses(namespace["stop"], timeout=10)
-            assert progress.ErrorMsg == "OK" and progress.train_records_lst[0].max_iter_num == 50000
-            with pytest.raises(grpc.RpcError) as info:
-                client.ocr_task(namespace["ocr"], timeout=10)
-            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        server.stop(None)
-    assert servicer.received[0].json_mongodb_id == "5b5ad4b19dc6d67a491f0789"
-    assert servicer.received[1].task_id == 1

@@ -13,14 +13,14 @@ of HTTP's for the states of a task, so one table serves the native, store and MV
                           allows the call (pause a finished task, resume a running one, delete a running one)
     425   NOT_READY       test_result_query / evaluation_result_query before the test task has finished
     500   INTERNAL        the server or its database failed (the message names the request id in the log)
-    501   NOT_IMPLEMENTED the MVI methods (initial_defect_task, ocr_task, defect_detect_task), for now
+    5xx, 57x              the MVI calls (serving.inspection) pass on the code of the app that failed
     503   NO_TRAINER      no app can run the task: the trainer app does not exist or defines no train()/test()
 
 Every non-zero code comes with a message: in the reply's ErrorMsg where the seed's message has one, else (the
 seed's Data_res_Code has only resCode) in the trailing metadata `serving-message` (ASCII, non-ASCII escaped),
 beside `serving-code`.
 """
-from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, NOT_IMPLEMENTED, UNAVAILABLE, ServingError
+from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, UNAVAILABLE, ServingError
 
 OK = 0
 BAD_PARAMS = BAD_REQUEST
@@ -28,7 +28,7 @@ CONFLICT = 409
 NOT_READY = 425
 NO_TRAINER = UNAVAILABLE
 
-__all__ = ["BAD_PARAMS", "CONFLICT", "INTERNAL", "JobError", "NOT_FOUND", "NOT_IMPLEMENTED", "NOT_READY",
+__all__ = ["BAD_PARAMS", "CONFLICT", "INTERNAL", "JobError", "NOT_FOUND", "NOT_READY",
            "NO_TRAINER", "OK"]
 
 

@@ -27,6 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
+from serving.apps import module_name_for
 from serving.jobs import db as jobdb
 from serving.jobs.codes import BAD_PARAMS, CONFLICT, INTERNAL, NO_TRAINER, NOT_FOUND, NOT_READY, JobError
 from serving.jobs.export import (check_app_name, default_app_name, export_in_subprocess, exported_apps_dir,
@@ -512,9 +513,10 @@ class JobManager:
         name = check_app_name(app_name or default_app_name(record.meta))
         apps_dir = exported_apps_dir(self.data_dir)
         if self.registry is not None:
-            folder = self.registry.folders().get(name)
-            if folder is not None and folder[0].parent != apps_dir.resolve():
-                raise JobError(CONFLICT, f"app name {name!r} is taken by the app folder {folder[0]}")
+            for other, (folder, package) in self.registry.folders().items():
+                mine = other == name and folder.parent == apps_dir.resolve()
+                if not mine and (other == name or package == module_name_for(name)):
+                    raise JobError(CONFLICT, f"app name {name!r} is taken by the app folder {folder}")
         async with self._exporting:
             self._exports += 1
             staging = apps_dir / f".{name}.export-{os.getpid()}-{self._exports}"

@@ -1,11 +1,11 @@
 """The MVP servicers: seed 000's `mvp_rpc.FormatData` (task start/stop, progress, test results) and the added
-`mvp_rpc.TaskControl` (pause/resume/delete/query, streamed progress, templates), thin layers over
-serving.jobs.JobManager.
+`mvp_rpc.TaskControl` (pause/resume/delete/query, streamed progress, templates, model export), thin layers over
+serving.jobs.JobManager, and the MVI calls of FormatData over serving.inspection.Inspection.
 
 Failures are answered, not raised: the reply's code field (resCode / ret_state_code) carries a
 serving.jobs.codes value and its ErrorMsg the message. The seed's Data_res_Code has no message field, so for
 task_start_request / task_stop_request the message travels in the trailing metadata `serving-message` (next to
-`serving-code`), and is logged. The MVI methods answer 501 "not implemented yet".
+`serving-code`), and is logged. The MVI methods answer with res_code / res_msg the same way (0 and "OK: ..." on success).
 
 Data_task_id.model_id: get_train_progresses returns only the records of model number k when it is k > 0 (404
 when the task has fewer models); the test queries ignore it (a TEST task runs one model, trained_model_id).
@@ -15,8 +15,9 @@ import logging
 import time
 
 from serving.errors import CODE_METADATA_KEY, ServingError, abort_with
+from serving.servicers.native import request_id_of
 from serving.jobs import db as jobdb
-from serving.jobs.codes import INTERNAL, NOT_IMPLEMENTED, OK
+from serving.jobs.codes import INTERNAL, OK
 from serving.proto import mvp_pb2 as pb
 from serving.proto import mvp_pb2_grpc as pb_grpc
 
@@ -24,7 +25,6 @@ log = logging.getLogger("serving.mvp")
 
 MESSAGE_METADATA_KEY = "serving-message"
 _TASK_TYPES = {pb.TRAIN: jobdb.TRAIN, pb.TEST: jobdb.TEST}
-_MVI_MESSAGE = "not implemented yet: the MVI inspection methods are not served by this server"
 
 
 def _ascii(text):
@@ -69,10 +69,12 @@ def train_record(row, task_id, interface_id):
 
 
 class FormatDataServicer(pb_grpc.FormatDataServicer):
-    """Seed 000's MVP methods. `jobs` is the server's JobManager."""
+    """Seed 000's methods: the MVP task calls over `jobs` (the server's JobManager), the MVI calls over
+    `inspection` (serving.inspection.Inspection)."""
 
-    def __init__(self, jobs):
+    def __init__(self, jobs, inspection):
         self.jobs = jobs
+        self.inspection = inspection
 
     async def task_start_request(self, request, context):
         if request.task_type not in _TASK_TYPES:
@@ -139,14 +141,26 @@ class FormatDataServicer(pb_grpc.FormatDataServicer):
             reply.json_mongodb_id = task["eval_json_id"]
         return reply
 
+    # ---- MVI (serving.inspection) ---------------------------------------------------------------------------
+
     async def initial_defect_task(self, request, context):
-        return pb.ResValue(res_code=NOT_IMPLEMENTED, res_msg=_MVI_MESSAGE)
+        code, message, loaded = await _answer(
+            self.inspection.initialize(request.device_num, list(request.model_path_lst)), "initial_defect_task")
+        if code == OK:
+            message = "OK: " + ", ".join(loaded) + " ready"
+        return pb.ResValue(res_code=code, res_msg=message)
 
     async def ocr_task(self, request, context):
-        return pb.OcrResponseReult(res_code=NOT_IMPLEMENTED, res_msg=_MVI_MESSAGE)
+        call = self.inspection.ocr(request.img_mongo_id, request_id_of(context), context.time_remaining())
+        code, message, code_str = await _answer(call, "ocr_task")
+        return pb.OcrResponseReult(res_code=code, res_msg=message, code_str=code_str or "")
 
     async def defect_detect_task(self, request, context):
-        return pb.DetectResponseReult(res_code=NOT_IMPLEMENTED, res_msg=_MVI_MESSAGE)
+        views = [(view.image_view_id, view.image_mongo_id) for view in request.img_view_lst]
+        call = self.inspection.detect(request.product_id, request.image_view_num, views, request_id_of(context),
+                                      context.time_remaining())
+        code, message, result_id = await _answer(call, "defect_detect_task")
+        return pb.DetectResponseReult(res_code=code, res_msg=message, result_json_mongo_id=result_id or "")
 
 
 def _reply(code, message, value=None):
@@ -221,8 +235,8 @@ class TaskControlServicer(pb_grpc.TaskControlServicer):
         return await self._run(self.jobs.export_model(request.model_id, request.app_name), "model_export")
 
 
-def add_mvp_servicers_to_server(jobs, server):
+def add_mvp_servicers_to_server(jobs, inspection, server):
     """Register FormatData and TaskControl on a grpc.aio server; the full service names (for reflection)."""
-    pb_grpc.add_FormatDataServicer_to_server(FormatDataServicer(jobs), server)
+    pb_grpc.add_FormatDataServicer_to_server(FormatDataServicer(jobs, inspection), server)
     pb_grpc.add_TaskControlServicer_to_server(TaskControlServicer(jobs), server)
     return tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("FormatData", "TaskControl"))

@@ -299,6 +299,38 @@ def _unwrap(model):
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+# ---------------------------------------------------------------------------------------------- reporters
+
+
+class ConsoleReporter:
+    """A reporter for scripts and benchmarks: prints each record, keeps every checkpoint in memory, and asks
+    for a stop once ``budget_s`` seconds of wall time have passed (None: never)."""
+
+    def __init__(self, budget_s=None, out=None):
+        self.deadline = None if budget_s is None else time.perf_counter() + budget_s
+        self.checkpoints = []
+        self.records = []
+        self.out = out
+
+    def progress(self, record):
+        self.records.append(record)
+        print(f"iter {record.cur_iter_num:5d}/{record.max_iter_num}  loss {record.loss:.3f}  lr {record.lr:.2e}  "
+              f"val mAP@.5 {record.map50:.3f}  mAP {record.map:.3f}  {record.images_per_s:.1f} img/s  "
+              f"{record.elapsed_s:.0f} s  {record.model_name}", file=self.out, flush=True)
+
+    def checkpoint(self, iteration, state, metrics):
+        self.checkpoints.append((iteration, state, metrics))
+
+    def should_stop(self):
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+    def best(self):
+        """(iteration, state, metrics) of the checkpoint with the best validation mAP@.5 (the last one when none
+        was scored)."""
+        scored = [c for c in self.checkpoints if c[2].get("map50") is not None]
+        return max(scored, key=lambda c: (c[2]["map50"], c[0])) if scored else self.checkpoints[-1]
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 

@@ -1,0 +1,121 @@
+"""Train the mvi_defect detector with the project's own training pipeline and export it next to this file.
+
+Run from the repository root (CPU; see model.json for how long the committed model took):
+
+    python -m evals.mvi_defect.build_model [--n 4000] [--iters 4000] [--seed 0] [--min-map50 0.85]
+
+Steps: ``serving.synth.make_splits(n, seed)`` (train and val on the training surfaces, test on the held-out
+surfaces training never sees); :func:`serving.training.trainer.train` with the settings below, a validation
+snapshot every ``--snapshot`` iterations; the snapshot with the best validation mAP@.5 is scored on the test
+split and exported with :func:`serving.training.export.export_onnx` as ``model.onnx``. The NG threshold (a
+view fails when one of its defects scores at least this) is chosen on the validation split: the highest
+threshold that still flags ``--ng-recall`` of the defective validation images. ``app.json`` gets the classes,
+input size and thresholds, ``model.json`` the provenance (command, parameters, figures). Files are only
+replaced when the test mAP@.5 reaches ``--min-map50``.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.synth import make_splits
+from serving.training.export import export_onnx
+from serving.training.params import TrainParams
+from serving.training.trainer import EVAL_SCORE_THRESHOLD, ConsoleReporter, evaluate, model_from_state, train
+
+HERE = Path(__file__).resolve().parent
+EXPANSIONS = ("HOR_FLIPE", "VER_FLIPE", "ROTATE_90", "VAGUE")
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+
+def _image_scores(coco, predictions):
+    """(max detection score, has a defect) of every image."""
+    defective = {a["image_id"] for a in coco["annotations"]}
+    rows = []
+    for meta in coco["images"]:
+        detections = predictions[meta["file_name"]]["detections"]
+        rows.append((max((d["score"] for d in detections), default=0.0), meta["id"] in defective))
+    return rows
+
+
+def ng_threshold(coco, predictions, recall):
+    """The highest score threshold that flags at least `recall` of the defective images."""
+    scores = sorted((score for score, bad in _image_scores(coco, predictions) if bad), reverse=True)
+    if not scores:
+        return DEFAULT_SCORE_THRESHOLD
+    keep = max(1, int(np.ceil(recall * len(scores))))
+    return float(scores[keep - 1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=4000, help="images in all (70/15/15 train/val/test)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iters", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--snapshot", type=int, default=500)
+    parser.add_argument("--net-model", default="res18")
+    parser.add_argument("--scope", default="SMALL")
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--ng-recall", type=float, default=0.99)
+    parser.add_argument("--min-map50", type=float, default=0.85)
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+
+    started = time.perf_counter()
+    splits = make_splits(args.n, args.seed)
+    (train_images, train_coco), (val_images, val_coco), (test_images, test_coco) = (
+        splits["train"], splits["val"], splits["test"])
+    print(f"data: {len(train_images)} train / {len(val_images)} val / {len(test_images)} test (held-out surfaces) "
+          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    params = TrainParams(net_model=args.net_model, model_scope=args.scope, lr=args.lr, max_iters=args.iters,
+                         batch_size=args.batch_size, snapshot_interval=args.snapshot, input_size=args.input_size,
+                         expansions=EXPANSIONS, seed=args.seed)
+    reporter = ConsoleReporter()
+    train_started = time.perf_counter()
+    train(params, train_coco, train_images, val_coco, val_images, reporter)
+    train_s = time.perf_counter() - train_started
+    iteration, state, _ = reporter.best()
+    model, classes = model_from_state(state)
+    val = evaluate(model, params, val_coco, val_images)
+    test = evaluate(model, params, test_coco, test_images)
+    threshold = ng_threshold(val_coco, val["predictions"], args.ng_recall)
+    print(f"best snapshot {iteration}: val mAP@.5 {val['map50']:.3f}; test (held-out surfaces) mAP@.5 "
+          f"{test['map50']:.3f} mAP {test['map']:.3f}; NG threshold {threshold:.3f}; trained {train_s:.0f} s")
+    for name, ap in test["per_class"].items():
+        print(f"  {name:8s} AP@.5 {ap['ap50']:.3f}  AP {ap['ap']:.3f}")
+    if test["map50"] < args.min_map50:
+        print(f"test mAP@.5 {test['map50']:.3f} < --min-map50 {args.min_map50}: files left as they were")
+        return 1
+    export_onnx(state, params, args.out / "model.onnx")
+    app = {
+        "batch_size": 8,
+        "use_device": "CPU",
+        "model_files": {"model": "model.onnx"},
+        "model_params": {"intra_op_threads": 1},
+        "custom_params": {"classes": classes, "input_size": params.input_size,
+                          "score_threshold": DEFAULT_SCORE_THRESHOLD, "ng_threshold": round(threshold, 4),
+                          "top_k": 100},
+        "batch_window_ms": 2,
+    }
+    (args.out / "app.json").write_text(json.dumps(app, indent=2) + "\n")
+    card = {
+        "command": "python -m evals.mvi_defect.build_model " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "params": params.to_dict(), "data": {"n": args.n, "seed": args.seed}, "snapshot": iteration,
+        "train_s": round(train_s), "val_map50": val["map50"], "test_map50": test["map50"], "test_map": test["map"],
+        "test_per_class": {k: {"ap50": v["ap50"], "ap": v["ap"]} for k, v in test["per_class"].items()},
+        "ng_threshold": threshold, "eval_score_threshold": EVAL_SCORE_THRESHOLD,
+    }
+    (args.out / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {args.out / 'model.onnx'}, app.json, model.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Seed 000's MVI calls on a real server (the built-in apps mvi_ocr and mvi_defect), with the seed's client code:
+initial_defect_task, ocr_task, defect_detect_task, and every bad input the issue names."""
+import shutil
+import urllib.request
+
+import cv2
+import pytest
+
+from conftest import REPO, RunningServer, wait_until
+from serving.proto import mvp_pb2, mvp_pb2_grpc
+from serving.store import Store
+from serving.synth.products import make_products
+
+TIMEOUT = 30
+
+
+def _png(image):
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvi")
+    evals = root / "evals"
+    for app in ("mvi_ocr", "mvi_defect"):
+        shutil.copytree(REPO / "evals" / app, evals / app)
+    data_dir = root / "var"
+    # Products on held-out surfaces: an NG one (a defective view among clean ones) and an OK one.
+    products = make_products(12, seed=7, views=3)
+    ng = next(p for p in products if p.ng and len(p.defective_views) == 1)
+    ok = next(p for p in products if not p.ng)
+    with Store(data_dir) as store:
+        ids = {(p.product_id, view_id): store.put_image(_png(image))
+               for p in (ng, ok) for view_id, image, _ in p.views}
+        blob_id = store.put_blob(b"not an image at all", kind="blob")
+    server = RunningServer(["--evals", str(evals), "--data-dir", str(data_dir), "--metrics-port", "0"])
+    conn = server.channel()
+    client = mvp_pb2_grpc.FormatDataStub(channel=conn)  # the seed's client
+    yield {"server": server, "client": client, "ids": ids, "ng": ng, "ok": ok, "blob": blob_id,
+           "data_dir": data_dir}
+    conn.close()
+    server.stop()
+
+
+def _detect(env, product, views=None, image_view_num=None):
+    views = views if views is not None else [
+        mvp_pb2.ImgViewInfo(image_view_id=view_id, image_mongo_id=env["ids"][(product.product_id, view_id)])
+        for view_id, _, _ in product.views]
+    request = mvp_pb2.DetectRequestParam(product_id=product.product_id, img_view_lst=views,
+                                         image_view_num=len(views) if image_view_num is None else image_view_num)
+    return env["client"].defect_detect_task(request, timeout=TIMEOUT)
+
+
+def test_initial_defect_task_loads_the_built_in_apps_and_is_harmless_twice(env):
+    client = env["client"]
+    for _ in range(2):
+        res = client.initial_defect_task(mvp_pb2.InitialParam(device_num=1, model_path_lst=["mvi_ocr", "mvi_defect"]),
+                                         timeout=TIMEOUT)
+        assert (res.res_code, res.res_msg) == (0, "OK: mvi_ocr, mvi_defect ready")
+    assert client.initial_defect_task(mvp_pb2.InitialParam(device_num=1), timeout=TIMEOUT).res_code == 0
+    # The seed's own list names model files this server does not have: refused, nothing loaded, names given.
+    res = client.initial_defect_task(mvp_pb2.InitialParam(device_num=1, model_path_lst=["mvi_defect", "ocr.data"]),
+                                     timeout=TIMEOUT)
+    assert res.res_code == 404 and "ocr.data" in res.res_msg
+    assert client.initial_defect_task(mvp_pb2.InitialParam(device_num=-1), timeout=TIMEOUT).res_code == 400
+
+
+def test_defect_detect_task_stores_the_product_verdict(env):
+    ng, ok = env["ng"], env["ok"]
+    res = _detect(env, ng)
+    assert (res.res_code, res.res_msg) == (0, "OK"), res.res_msg
+    with Store(env["data_dir"]) as store:
+        doc = store.get_json(res.result_json_mongo_id)
+        record = store.get(res.result_json_mongo_id)
+    assert record.kind == "result" and record.meta["product_id"] == ng.product_id
+    assert doc["product_id"] == ng.product_id and doc["verdict"] == "NG"
+    assert doc["failed_views"] == ng.defective_views
+    assert [v["image_view_id"] for v in doc["views"]] == [view_id for view_id, _, _ in ng.views]
+    bad = next(v for v in doc["views"] if v["image_view_id"] == ng.defective_views[0])
+    assert bad["verdict"] == "NG" and bad["defects"] and {"class", "score", "box"} <= set(bad["defects"][0])
+    assert bad["image_mongo_id"] == env["ids"][(ng.product_id, ng.defective_views[0])]
+
+    res = _detect(env, ok)
+    assert res.res_code == 0
+    with Store(env["data_dir"]) as store:
+        doc = store.get_json(res.result_json_mongo_id)
+    assert doc["verdict"] == "OK" and doc["failed_views"] == []
+
+
+def test_defect_detect_task_goes_through_the_app_batcher(env):
+    """The calls are ordinary requests of mvi_defect: its request counter on the metrics endpoint grows."""
+    def served():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{env['server'].metrics_port}/metrics", timeout=5).read()
+        lines = [line for line in text.decode().splitlines()
+                 if line.startswith("serving_requests_total{") and 'app="mvi_defect"' in line and 'code="0"' in line]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    before = served()
+    assert _detect(env, env["ok"]).res_code == 0
+    assert wait_until(lambda: served() == before + 1, 5)
+
+
+def test_defect_detect_task_bad_input(env):
+    ng = env["ng"]
+    ids = env["ids"]
+    view = mvp_pb2.ImgViewInfo
+
+    def code(views, image_view_num=None):
+        res = _detect(env, ng, views, image_view_num)
+        assert res.res_msg and not res.result_json_mongo_id
+        return res.res_code, res.res_msg
+
+    first = ids[(ng.product_id, 1)]
+    assert code([view(image_view_id=1, image_mongo_id="f" * 24)])[0] == 404  # unknown image
+    assert code([view(image_view_id=1, image_mongo_id="nope")])[0] == 400  # malformed id
+    status, message = code([view(image_view_id=1, image_mongo_id=env["blob"])])  # a blob, not an image
+    assert status == 400 and "not an image" in message
+    status, message = code([view(image_view_id=1, image_mongo_id=first)], image_view_num=2)
+    assert status == 400 and "image_view_num" in message
+    assert code([])[0] == 400  # zero views
+    status, message = code([view(image_view_id=1, image_mongo_id=first), view(image_view_id=1, image_mongo_id=first)])
+    assert status == 400 and "more than once" in message
+
+
+def test_ocr_task_bad_input(env):
+    client = env["client"]
+    for image_id, expected in (("f" * 24, 404), ("nope", 400), (env["blob"], 400)):
+        res = client.ocr_task(mvp_pb2.OcrRequestParam(img_mongo_id=image_id), timeout=TIMEOUT)
+        assert res.res_code == expected and res.res_msg and res.code_str == ""
