@@ -65,6 +65,11 @@ def current_user():
     return _CURRENT_USER.get()
 
 
+def is_valid_user_name(name):
+    """True for a user name the token file accepts: letters, digits and _ . @ - (64 at most)."""
+    return isinstance(name, str) and _USER.match(name) is not None
+
+
 def bare_token_user_name(token):
     """The user name of a token listed without one: a short id derived from it, not reversible."""
     return "user-" + hashlib.sha256(token.encode()).hexdigest()[:8]
@@ -133,7 +138,7 @@ def parse_tokens(text, source="token file"):
         if not _TOKEN.match(token) or len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"{where}: a token is at least {MIN_TOKEN_LENGTH} printable ASCII characters")
         name = fields[1] if len(fields) > 1 else bare_token_user_name(token)
-        if not _USER.match(name):
+        if not is_valid_user_name(name):
             raise ValueError(f"{where}: user name {name!r} is not letters, digits and _ . @ - (64 at most)")
         if len(fields) == 3 and fields[2] != _ADMIN:
             raise ValueError(f"{where}: the third field can only be {_ADMIN!r}, got {fields[2]!r}")
