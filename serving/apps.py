@@ -266,13 +266,17 @@ class AppRegistry:
         self.apps = {}
         self._reloading = asyncio.Lock()  # one load/unload at a time: each reads and swaps self.apps
 
-    async def load_all(self, strict=False):
-        """Load every app of the evals dir; with `strict`, the first FAILED app raises ConfigError."""
+    async def load_all(self, strict=False, skip=None):
+        """Load every app of the evals dir; with `strict`, the first FAILED app raises ConfigError. Apps named
+        in `skip` ({name: reason}, the supervisor's quarantine) are not loaded: FAILED with that reason."""
         found = discover(self.evals_dir, self.classic_name)
         _add_to_evals_path(self.evals_dir)
         for name, folder, package in found:
             app = App(name, folder, package)
             self.apps[name] = app
+            if skip and name in skip:
+                app._fail(str(skip[name]))
+                continue
             await app.load()
             if strict and app.state == FAILED:
                 raise ConfigError(f"app {name} failed to load: {app.reason}")

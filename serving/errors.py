@@ -63,10 +63,17 @@ def grpc_status_for(code):
     return grpc.StatusCode.INTERNAL
 
 
-def code_for_grpc_status(status):
+#: How gRPC words a call refused by the server's `maximum_concurrent_rpcs` (serve --max-concurrent-rpcs).
+CONCURRENCY_LIMIT_DETAILS = "Concurrent RPC limit exceeded"
+
+
+def code_for_grpc_status(status, details=""):
     """The serving code a client reports for a gRPC status that carried no serving code: an error of the
     transport, not of the runtime (which always sends its code). RESOURCE_EXHAUSTED without a code is gRPC's own
-    message-size limit, hence 413; the runtime's full queue arrives with 429 in metadata."""
+    message-size limit, hence 413, or its limit on concurrent calls (told by `details`), hence 429 like a full
+    queue; the runtime's full queue arrives with 429 in metadata."""
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and (details or "").startswith(CONCURRENCY_LIMIT_DETAILS):
+        return TOO_MANY_REQUESTS
     return {
         grpc.StatusCode.INVALID_ARGUMENT: BAD_REQUEST,
         grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,

@@ -13,6 +13,7 @@ from serving import metrics
 from serving.apps import READY, AppRegistry
 from serving.auth import TokenAuthInterceptor
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.limits import DEFAULT_MAX_CONCURRENT_RPCS
 from serving.dataplane import DataPlane
 from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
@@ -22,12 +23,14 @@ from serving.jobs.manager import DEFAULT_MAX_JOBS, DEFAULT_TRAINER_APP, JobManag
 from serving.servicers.mvp import add_mvp_servicers_to_server
 from serving.servicers.store import StoreServicer
 from serving.store import Store
+from serving.workers import notify_ready
 
 log = logging.getLogger("serving.server")
 
 NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 STORE_SERVICE = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 _HEALTH_INTERVAL_S = 0.25
+
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -47,12 +50,14 @@ class ServingServer:
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
                  credentials=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
-                 trainer_app=DEFAULT_TRAINER_APP):
+                 trainer_app=DEFAULT_TRAINER_APP, max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS, quarantined=None):
         self.registry = AppRegistry(evals_dir, classic_name=app_name)
         self.dataplane = DataPlane(self.registry)
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.quarantined = dict(quarantined or {})  # {app: reason}: apps not to load (serving.workers)
         self.metrics_port = metrics_port
         self.strict = strict
         self.tokens = tokens
@@ -87,7 +92,8 @@ class ServingServer:
         except ValueError as exc:
             raise ServingError(BAD_REQUEST, str(exc)) from None
         interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
-        self._server = grpc.aio.server(options=options, interceptors=interceptors)
+        self._server = grpc.aio.server(options=options, interceptors=interceptors,
+                                       maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
         add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
@@ -115,7 +121,7 @@ class ServingServer:
                  f"{len(self.tokens)} tokens" if self.tokens is not None else "no authentication",
                  "under " + ", ".join(self.data_roots) if self.data_roots else "refused")
         try:
-            await self.registry.load_all(strict=self.strict)
+            await self.registry.load_all(strict=self.strict, skip=self.quarantined)
         except Exception:
             await self.stop(grace=0)
             raise
@@ -170,6 +176,7 @@ async def serve_until_signalled(server, grace=5.0):
         loop.add_signal_handler(signum, stopping.set)
     await server.start()
     print(f"serving on {server.host}:{server.port}", flush=True)
+    notify_ready()
     await stopping.wait()
     log.info("shutting down (grace %.1fs)", grace)
     await server.stop(grace)
