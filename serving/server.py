@@ -6,7 +6,7 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from evals.utils.image import set_uri_policy
 from serving import metrics
@@ -14,6 +14,7 @@ from serving.apps import READY, AppRegistry
 from serving.auth import TokenAuthInterceptor
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
 from serving.limits import DEFAULT_MAX_CONCURRENT_RPCS
+from serving.request_decoding import DecodingRegistrar
 from serving.dataplane import DataPlane
 from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
@@ -94,15 +95,18 @@ class ServingServer:
         interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
         self._server = grpc.aio.server(options=options, interceptors=interceptors,
                                        maximum_concurrent_rpcs=self.max_concurrent_rpcs)
-        inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
+        # Every service registers through it: a request that does not decode gets 400, not gRPC's UNKNOWN.
+        registrar = DecodingRegistrar(self._server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), registrar)
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
-        add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
-        store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), self._server)
-        mvp_services = add_mvp_servicers_to_server(self.jobs, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self._server)
+        add_kserve_servicer_to_server(self.dataplane, registrar, started=lambda: self._health_task is not None)
+        store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), registrar)
+        mvp_services = add_mvp_servicers_to_server(self.jobs, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        # What reflection.enable_server_reflection does for an aio server, through the registrar.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
+            (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            registrar)
         address = f"{self.host}:{self.port}"
         if self.credentials is not None:
             self.port = self._server.add_secure_port(address, self.credentials)

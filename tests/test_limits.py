@@ -138,3 +138,22 @@ def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_b
         assert psutil.Process(pid).is_running()
     finally:
         server.stop()
+
+
+def test_messages_that_do_not_decode_are_invalid_argument(server):
+    raw = {"request_serializer": None, "response_deserializer": None}
+    with server.channel() as channel:
+        code, serving_code, details = refusal(channel.unary_unary("/serving.v1.Inference/Infer", **raw), b"\x00")
+        assert (code, serving_code) == (grpc.StatusCode.INVALID_ARGUMENT, "400")
+        assert details == "the request is not a valid serving.v1.InferRequest message"
+        # In a stream, the messages before the bad one are answered, then the call ends with the refusal.
+        good = service_pb2.ModelInferRequest(model_name="probe", id="first")
+        good.inputs.add(name="attribute", datatype="BYTES", shape=[1])
+        good.raw_input_contents.append(len(b"{}").to_bytes(4, "little") + b"{}")
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer", **raw)
+        answers = []
+        with pytest.raises(grpc.RpcError) as info:
+            for answer in stream(iter([good.SerializeToString(), b"\x00"]), timeout=TIMEOUT):
+                answers.append(service_pb2.ModelStreamInferResponse.FromString(answer))
+        assert [a.infer_response.id for a in answers] == ["first"] and not answers[0].error_message
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ModelInferRequest" in info.value.details()
