@@ -145,7 +145,8 @@ def _env_flag(name):
 def _worker_args(args):
     """The serve command line of a supervised worker: the options given but --port, --metrics-port (the
     supervisor adds them per worker) and the supervisor's own."""
-    out = ["--log-level", args.log_level, "serve", "--workers", "1", "--no-supervise", "--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
+    out = ["--log-level", args.log_level, "serve", "--workers", "1", "--no-supervise",
+           "--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
            "--grace", str(args.grace), "--data-dir", str(args.data_dir), "--max-jobs", str(args.max_jobs),
            "--max-concurrent-rpcs", str(args.max_concurrent_rpcs),
            "--trainer-app", args.trainer_app]

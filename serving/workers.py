@@ -62,7 +62,8 @@ CRASH_FILE_ENV = "SERVING_CRASH_FILE"          # faulthandler's report of a fata
 QUARANTINE_ENV = "SERVING_QUARANTINE"          # JSON {app: reason}: apps the worker must not load
 
 _PR_SET_PDEATHSIG = 1
-_FATAL_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+# The signals faulthandler reports (a negative exit status of the worker).
+_FATAL_SIGNALS = {int(s) for s in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)}
 _FRAME = re.compile(r'^\s+File "(?P<path>[^"]+)", line \d+')
 
 
@@ -305,7 +306,7 @@ class Supervisor:
 
     def _after_death(self, worker, code):
         """Log a fatal signal's report, blame an app, and quarantine it when it keeps crashing."""
-        if code >= 0 or -code not in {int(s) for s in _FATAL_SIGNALS}:
+        if code >= 0 or -code not in _FATAL_SIGNALS:
             return
         report = worker.crash_report()
         if report:

@@ -281,3 +281,30 @@ def test_sigterm_under_load_finishes_calls_checkpoints_training_and_exits_0(eval
     finally:
         again.stop()
     _check_data_dir(data_dir, [])
+
+
+def test_blame_names_the_innermost_app_of_the_crashing_thread(tmp_path):
+    from serving.workers import blame
+
+    apps = {"crashy": tmp_path / "crashy", "steady": tmp_path / "steady"}
+    report = f"""Fatal Python error: Segmentation fault
+
+Thread 0x00007f01 (most recent call first):
+  File "{apps['steady']}/eval.py", line 20 in net_inference
+  File "/usr/lib/python3.11/threading.py", line 975 in run
+
+Current thread 0x00007f02 (most recent call first):
+  File "/venv/lib/python3.11/ctypes/__init__.py", line 519 in string_at
+  File "{apps['crashy']}/helper.py", line 9 in _crash
+  File "{apps['crashy']}/eval.py", line 30 in net_inference
+  File "/work/serving/apps.py", line 190 in _run_batch
+"""
+    assert blame(report, apps) == "crashy"
+    # A crash on a thread that ran no app code (a native library's own thread): the only app on any stack.
+    native = report.replace(f'  File "{apps["crashy"]}/helper.py", line 9 in _crash\n', "").replace(
+        f'  File "{apps["crashy"]}/eval.py", line 30 in net_inference\n', "")
+    assert blame(native, apps) == "steady"
+    two_apps = native + (f'\nThread 0x00007f03 (most recent call first):\n'
+                         f'  File "{apps["crashy"]}/eval.py", line 1 in f\n')
+    assert blame(two_apps, apps) is None  # cannot tell which
+    assert blame("", apps) is None

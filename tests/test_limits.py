@@ -157,3 +157,21 @@ def test_messages_that_do_not_decode_are_invalid_argument(server):
                 answers.append(service_pb2.ModelStreamInferResponse.FromString(answer))
         assert [a.infer_response.id for a in answers] == ["first"] and not answers[0].error_message
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ModelInferRequest" in info.value.details()
+
+
+def test_a_stream_longer_than_its_in_flight_bound_is_answered_whole(server):
+    from serving.servicers.kserve import MAX_STREAM_IN_FLIGHT
+
+    def requests():
+        for i in range(MAX_STREAM_IN_FLIGHT * 2 + 10):
+            request = service_pb2.ModelInferRequest(model_name="probe", id=str(i))
+            request.inputs.add(name="attribute", datatype="BYTES", shape=[1])
+            request.raw_input_contents.append(len(b"{}").to_bytes(4, "little") + b"{}")
+            yield request
+
+    with server.channel() as channel:
+        stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+        answers = list(stream(requests(), timeout=60))
+    assert sorted(int(a.infer_response.id) for a in answers) == list(range(MAX_STREAM_IN_FLIGHT * 2 + 10))
+    # Each is answered, or refused as retryable when probe's queue (64) is full.
+    assert {a.error_message[:5] for a in answers} <= {"", "[429]"}
