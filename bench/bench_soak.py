@@ -5,7 +5,7 @@
 1. Serves `--evals` with `serving serve` (supervised, one worker, as deployed) in a subprocess (as
    bench_serving.py does).
 2. Capacity: single-instance Infer calls, each a PNG (decoded and resized by the app), 32 in flight from an asyncio
-   client process, for 10 s after a warm-up: requests/s.
+   client process, for 20 s after a warm-up: requests/s.
 3. Soak: an open-loop client sends calls at `--load` x capacity for `--minutes`, each on its schedule whether or not
    earlier ones have returned (latency counts from the scheduled time, so a stall shows instead of slowing the
    sender). Every 5 s it samples the worker's resident memory (RSS) and the calls answered.
@@ -48,7 +48,7 @@ def first(result):
     return result[0] if isinstance(result, list) else result
 
 
-async def capacity(port, app, instances, in_flight=32, duration=10.0, warmup=2.0):
+async def capacity(port, app, instances, in_flight=32, duration=20.0, warmup=2.0):
     """Requests/s of a closed loop with `in_flight` calls outstanding."""
     done = 0
     async with AsyncClient("127.0.0.1", port, app, timeout=30) as client:

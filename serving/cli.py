@@ -1,6 +1,7 @@
 """The `serving` command.
 
     serving serve --evals DIR --port PORT [--host H] [--metrics-port P] [--app-name NAME] [--strict]
+                  [--workers N | --no-supervise] [--max-rss-mb M] [--max-concurrent-rpcs N]   (serving.workers)
     serving infer --target HOST:PORT --app NAME FILE...
     serving test  --app NAME (--images DIR | --list FILE) [--target HOST:PORT | --evals DIR] [--labels FILE]
     serving apps  --target HOST:PORT
