@@ -28,19 +28,20 @@ def _refusal(name):
     return f"the request is not a valid {name} message"
 
 
-async def _decode(deserializer, raw, context, name):
+def _decoded(deserializer, raw):
+    """The message of `raw`, or None when it does not decode (a message class's FromString never returns None).
+    A plain function: the calls that decode, nearly all, pay no extra coroutine."""
     try:
         return deserializer(raw)
     except Exception:  # DecodeError, or whatever a custom deserializer raises on bad bytes
-        await abort_with(context, BAD_REQUEST, _refusal(name))
+        return None
 
 
 async def _decoded_stream(deserializer, raw_iterator, name, failures):
     """The decoded messages of a request stream, up to the first that does not decode (noted in `failures`)."""
     async for raw in raw_iterator:
-        try:
-            message = deserializer(raw)
-        except Exception:
+        message = _decoded(deserializer, raw)
+        if message is None:
             failures.append(_refusal(name))
             return
         yield message
@@ -71,11 +72,17 @@ def decoding_handler(handler):
                 return result
     elif handler.response_streaming:
         async def decoding(raw, context):
-            async for response in responses_of(behavior(await _decode(deserializer, raw, context, name), context)):
+            request = _decoded(deserializer, raw)
+            if request is None:
+                await abort_with(context, BAD_REQUEST, _refusal(name))
+            async for response in responses_of(behavior(request, context)):
                 yield response
     else:
         async def decoding(raw, context):
-            return await behavior(await _decode(deserializer, raw, context, name), context)
+            request = _decoded(deserializer, raw)
+            if request is None:
+                await abort_with(context, BAD_REQUEST, _refusal(name))
+            return await behavior(request, context)
     return method_handler(handler.request_streaming, handler.response_streaming, decoding,
                           request_deserializer=None, response_serializer=handler.response_serializer)
 
