@@ -10,7 +10,9 @@
    earlier ones have returned (latency counts from the scheduled time, so a stall shows instead of slowing the
    sender). Every 5 s it samples the worker's resident memory (RSS) and the calls answered.
 
-It prints the capacity, the rate held, calls and errors by code, latency p50/p99 per minute, and RSS at the start
+It prints the machine's load average (other programs compete for the same cores: a soak is only as steady as
+the machine), the capacity, the rate held, calls and errors by code, latency p50/p99 and errors per minute, and
+RSS at the start
 of the soak (after its first minute: caches and pools warmed), at the end, its range and its trend (least-squares
 slope, MiB per minute). Memory is "flat" when the worker ends within 5% (or 10 MiB) of where the first minute
 left it. A benchmark, not a test: it prints figures and asserts nothing. Results also go to
@@ -19,6 +21,7 @@ bench/results/soak.json.
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,6 +114,7 @@ def main():
     parser.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity to hold")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     images, _ = make_dataset(64, seed=99)
     instances = [{"body": cv2.imencode(".png", image)[1].tobytes()} for image in images]
     server = Server(args.evals, metrics_port=0)
@@ -132,7 +136,8 @@ def main():
     per_minute = []
     for minute in minutes:
         latencies = np.array([lat for m, lat, _ in outcomes if m == minute]) * 1000
-        per_minute.append({"minute": minute + 1, "calls": int(latencies.size),
+        failed = sum(1 for m, _, code in outcomes if m == minute and code)
+        per_minute.append({"minute": minute + 1, "calls": int(latencies.size), "errors": failed,
                            "p50_ms": float(np.percentile(latencies, 50)),
                            "p99_ms": float(np.percentile(latencies, 99))})
     warm = [s for s in samples if s[0] >= 60.0] or samples
@@ -145,12 +150,15 @@ def main():
         "sent": sent, "errors": errors, "peak_outstanding": peak, "per_minute": per_minute,
         "rss_mib": {"first_minute_end": start_rss, "end": end_rss, "min": min(s[1] for s in samples),
                     "max": max(s[1] for s in samples), "trend_mib_per_min": trend_mib_per_minute(warm)},
-        "memory_flat": flat, "server_exit": status,
+        "memory_flat": flat, "server_exit": status, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
+    print(f"machine load average (1, 5, 15 min): {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f} "
+          f"before, {report['loadavg_after'][0]:.1f} {report['loadavg_after'][1]:.1f} "
+          f"{report['loadavg_after'][2]:.1f} after ({os.cpu_count()} cores)")
     print(f"held: {report['held_rps']:,.0f} requests/s; {len(outcomes):,} calls, "
           f"{sum(errors.values())} errors {errors or ''}; at most {peak} outstanding")
     for row in per_minute:
-        print(f"  minute {row['minute']}: {row['calls']:,} calls, p50 {row['p50_ms']:.1f} ms, "
+        print(f"  minute {row['minute']}: {row['calls']:,} calls, {row['errors']} errors, p50 {row['p50_ms']:.1f} ms, "
               f"p99 {row['p99_ms']:.1f} ms")
     rss = report["rss_mib"]
     print(f"worker RSS: {rss['first_minute_end']:.0f} MiB after the first minute, {rss['end']:.0f} MiB at the end "
