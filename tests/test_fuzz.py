@@ -9,9 +9,9 @@ log say so). The decoder returns an 8-bit BGR image with sides in (32, 4999] or 
 
 Messages are generated from the services' descriptors, so methods added to the protos later are fuzzed too.
 Fields are drawn from their types, mixed with values that reach deeper: app and dtype names, JSON (deep, huge,
-broken), store ids of real documents, paths and URLs, images. Profiles: "ci" (the default: derandomized, so every
-run tries the same inputs, about 1,500 calls in all) and "explore" (HYPOTHESIS_PROFILE=explore: random, ten times
-as many) for hunting locally.
+broken), store ids of real documents, paths and URLs, images. Profiles: "ci" (the default: derandomized, so
+every run tries the same inputs: about 1,700 calls and 300 images) and "explore" (HYPOTHESIS_PROFILE=explore:
+random, ten times as many) for hunting locally.
 """
 import json
 import os
