@@ -111,17 +111,19 @@ def test_decoder_bombs_are_refused_without_allocating_the_image(server):
 
 
 def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_bounded():
-    server = RunningServer(["--evals", str(TESTS / "apps"), "--max-concurrent-rpcs", "4"])
+    server = RunningServer(["--evals", str(TESTS / "apps_faults"), "--max-concurrent-rpcs", "4"])
     try:
-        pid = worker_pid(server)
+        host, port = server.target.split(":")
+        with Client(host, int(port), "steady", timeout=TIMEOUT) as client:
+            pid = client.infer({"attribute": {}})[0]["pid"]
         before = peak_rss_mib(pid)
         body = np.random.default_rng(0).integers(0, 255, 4 * MIB, dtype=np.uint8).tobytes()  # 4 MiB each
-        host, port = server.target.split(":")
-        results = []
+        results, start = [], threading.Barrier(48)
 
         def call(i):
-            with Client(host, int(port), "probe", timeout=TIMEOUT) as client:
-                result = client.infer({"i": i, "blob": body}, params={"sleep_ms": 200})
+            with Client(host, int(port), "steady", timeout=TIMEOUT) as client:
+                start.wait()  # all at once; the 4 admitted hold their slots for 1.5 s
+                result = client.infer({"i": i, "blob": body}, params={"sleep_ms": 1500})
             results.append(result[0] if isinstance(result, list) else result)
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(48)]
@@ -132,7 +134,7 @@ def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_b
         codes = sorted({r.get("code", 0) for r in results})
         assert len(results) == 48 and codes == [0, 429], codes
         refused = [r for r in results if r.get("code") == 429]
-        assert len(refused) >= 24 and all("Concurrent RPC limit" in r["error"] for r in refused)
+        assert len(refused) >= 40 and all("Concurrent RPC limit" in r["error"] for r in refused)
         # 48 x 4 MiB were sent at once; at most 4 calls' worth was ever held.
         assert peak_rss_mib(pid) - before < 100
         assert psutil.Process(pid).is_running()
