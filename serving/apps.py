@@ -287,14 +287,18 @@ class AppRegistry:
                 found.append((name, folder, package))
         return found
 
-    async def load_all(self, strict=False):
+    async def load_all(self, strict=False, skip=None):
         """Load every app of the evals dir (and extra dirs); with `strict`, the first FAILED app raises
-        ConfigError."""
+        ConfigError. Apps named in `skip` ({name: reason}, the supervisor's quarantine) are not loaded: FAILED
+        with that reason."""
         found = self._discover()
         _add_to_evals_path(self.evals_dir)
         for name, folder, package in found:
             app = App(name, folder, package)
             self.apps[name] = app
+            if skip and name in skip:
+                app._fail(str(skip[name]))
+                continue
             await app.load()
             if strict and app.state == FAILED:
                 raise ConfigError(f"app {name} failed to load: {app.reason}")

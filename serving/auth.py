@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import grpc
 
 from serving.errors import BAD_REQUEST, UNAUTHENTICATED, ServingError, abort_with
+from serving.rpc_handlers import behavior_of, method_handler, responses_of
 
 log = logging.getLogger("serving.auth")
 
@@ -63,6 +64,11 @@ _CURRENT_USER = contextvars.ContextVar("serving_current_user", default=None)
 def current_user():
     """The `User` of the RPC being handled, or None when the server runs without tokens."""
     return _CURRENT_USER.get()
+
+
+def is_valid_user_name(name):
+    """True for a user name the token file accepts: letters, digits and _ . @ - (64 at most)."""
+    return isinstance(name, str) and _USER.match(name) is not None
 
 
 def bare_token_user_name(token):
@@ -133,7 +139,7 @@ def parse_tokens(text, source="token file"):
         if not _TOKEN.match(token) or len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"{where}: a token is at least {MIN_TOKEN_LENGTH} printable ASCII characters")
         name = fields[1] if len(fields) > 1 else bare_token_user_name(token)
-        if not _USER.match(name):
+        if not is_valid_user_name(name):
             raise ValueError(f"{where}: user name {name!r} is not letters, digits and _ . @ - (64 at most)")
         if len(fields) == 3 and fields[2] != _ADMIN:
             raise ValueError(f"{where}: the third field can only be {_ADMIN!r}, got {fields[2]!r}")
@@ -173,19 +179,12 @@ def _refusal_handler(handler):
     """A handler of the same streaming shape as `handler` (unary-unary when None) that only refuses the call.
     The refusal runs before any request message is read."""
 
-    async def refuse_unary(request, context):
+    async def refuse(request_or_iterator, context):
         await _refuse(context)
 
-    async def refuse_stream(request_iterator, context):
-        await _refuse(context)
-
-    if handler is None or not (handler.request_streaming or handler.response_streaming):
-        return grpc.unary_unary_rpc_method_handler(refuse_unary)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse_stream)
-    return grpc.unary_stream_rpc_method_handler(refuse_unary)
+    if handler is None:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    return method_handler(handler.request_streaming, handler.response_streaming, refuse)
 
 
 def _as_user(behavior, user, response_streaming):
@@ -194,12 +193,8 @@ def _as_user(behavior, user, response_streaming):
     if response_streaming:
         async def stream_as_user(request_or_iterator, context):
             _CURRENT_USER.set(user)
-            result = behavior(request_or_iterator, context)
-            if hasattr(result, "__aiter__"):
-                async for response in result:
-                    yield response
-            else:  # a coroutine writing with context.write()
-                await result
+            async for response in responses_of(behavior(request_or_iterator, context)):
+                yield response
         return stream_as_user
 
     async def unary_as_user(request_or_iterator, context):
@@ -212,15 +207,10 @@ def _as_user(behavior, user, response_streaming):
 
 
 def _handler_as_user(handler, user):
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(_as_user(handler.stream_stream, user, True), **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(_as_user(handler.stream_unary, user, False), **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_as_user(handler.unary_stream, user, True), **kwargs)
-    return grpc.unary_unary_rpc_method_handler(_as_user(handler.unary_unary, user, False), **kwargs)
+    return method_handler(handler.request_streaming, handler.response_streaming,
+                          _as_user(behavior_of(handler), user, handler.response_streaming),
+                          request_deserializer=handler.request_deserializer,
+                          response_serializer=handler.response_serializer)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

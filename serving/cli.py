@@ -1,6 +1,7 @@
 """The `serving` command.
 
     serving serve --evals DIR --port PORT [--host H] [--metrics-port P] [--app-name NAME] [--strict]
+                  [--workers N | --no-supervise] [--max-rss-mb M] [--max-concurrent-rpcs N]   (serving.workers)
     serving infer --target HOST:PORT --app NAME FILE...
     serving test  --app NAME (--images DIR | --list FILE) [--target HOST:PORT | --evals DIR] [--labels FILE]
     serving apps  --target HOST:PORT
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from serving.cli_args import add_client_security, client_security, host_port, json_object
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.limits import DEFAULT_MAX_CONCURRENT_RPCS
+from serving.workers import DEFAULT_RESTART_BACKOFF_S
 from serving.harness.runner import to_jsonable
 from serving.store.cli import add_store_commands
 from serving.jobs.cli import add_job_commands
@@ -62,9 +65,21 @@ def build_parser():
     serve.add_argument("--strict", action="store_true", default=_env_flag("SERVING_STRICT"),
                        help="fail start-up when any app fails to load [SERVING_STRICT]")
     serve.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20)
+    serve.add_argument("--max-concurrent-rpcs", type=int,
+                       default=os.environ.get("SERVING_MAX_CONCURRENT_RPCS", str(DEFAULT_MAX_CONCURRENT_RPCS)),
+                       help="calls one process runs at once; more are refused at once (429, retryable) "
+                            "[SERVING_MAX_CONCURRENT_RPCS]")
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls in flight on SIGTERM")
     serve.add_argument("--workers", type=int, default=os.environ.get("SERVING_WORKERS", "1"),
                        help="serving processes sharing the port, supervised (each loads every app) [SERVING_WORKERS]")
+    serve.add_argument("--no-supervise", action="store_true", default=_env_flag("SERVING_NO_SUPERVISE"),
+                       help="serve in this process, without the supervisor that restarts a crashed one "
+                            "(under systemd, Kubernetes or a debugger) [SERVING_NO_SUPERVISE]")
+    serve.add_argument("--restart-backoff", type=float, default=DEFAULT_RESTART_BACKOFF_S,
+                       help="seconds before a crashed worker is restarted, doubling to 30 on repeated crashes")
+    serve.add_argument("--max-rss-mb", type=float, default=os.environ.get("SERVING_MAX_RSS_MB") or None,
+                       help="replace a worker whose resident memory grows past this, without dropping calls "
+                            "[SERVING_MAX_RSS_MB]")
     serve.add_argument("--auth-tokens", metavar="FILE", default=os.environ.get("SERVING_AUTH_TOKENS_FILE") or None,
                        help="token file: every call but health needs 'authorization: Bearer <token>' "
                             "[SERVING_AUTH_TOKENS_FILE]")
@@ -129,9 +144,12 @@ def _env_flag(name):
 
 
 def _worker_args(args):
-    """The serve options a worker of `--workers` gets: all but --port, --metrics-port and --workers."""
-    out = ["--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
+    """The serve command line of a supervised worker: the options given but --port, --metrics-port (the
+    supervisor adds them per worker) and the supervisor's own."""
+    out = ["--log-level", args.log_level, "serve", "--workers", "1", "--no-supervise",
+           "--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
            "--grace", str(args.grace), "--data-dir", str(args.data_dir), "--max-jobs", str(args.max_jobs),
+           "--max-concurrent-rpcs", str(args.max_concurrent_rpcs),
            "--trainer-app", args.trainer_app]
     if args.app_name:
         out += ["--app-name", args.app_name]
@@ -162,13 +180,20 @@ def _serve_security(args):
 
 
 def cmd_serve(args):
-    from serving.server import ServingServer, serve_until_signalled
-
     if args.workers < 1:
         print("serving serve: --workers must be >= 1", file=sys.stderr)
         return 2
+    if args.no_supervise and args.workers != 1:
+        print("serving serve: --no-supervise serves one process: --workers must be 1", file=sys.stderr)
+        return 2
+    if args.restart_backoff <= 0 or (args.max_rss_mb is not None and args.max_rss_mb <= 0):
+        print("serving serve: --restart-backoff and --max-rss-mb must be > 0", file=sys.stderr)
+        return 2
     if args.max_jobs < 1:
         print("serving serve: --max-jobs must be >= 1", file=sys.stderr)
+        return 2
+    if args.max_concurrent_rpcs < 1:
+        print("serving serve: --max-concurrent-rpcs must be >= 1", file=sys.stderr)
         return 2
     try:
         tokens, credentials = _serve_security(args)
@@ -176,22 +201,42 @@ def cmd_serve(args):
         # Exit status 1, a start-up failure: the --workers supervisor does not restart it.
         print(f"serving: {exc.message}", file=sys.stderr)
         return 1
-    if args.workers > 1:
-        from serving.workers import reserve_port, supervise
+    if not args.no_supervise:
+        return _supervise(args)
 
-        port = args.port or reserve_port(args.host)
-        return supervise(_worker_args(args), args.workers, port, args.metrics_port)
+    from serving.server import ServingServer, serve_until_signalled
+    from serving.workers import init_supervised_worker
 
+    quarantined = init_supervised_worker()  # {} unless a supervisor started this process
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,
                            strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root,
-                           data_dir=args.data_dir, max_jobs=args.max_jobs, trainer_app=args.trainer_app)
+                           data_dir=args.data_dir, max_jobs=args.max_jobs, trainer_app=args.trainer_app,
+                           max_concurrent_rpcs=args.max_concurrent_rpcs, quarantined=quarantined)
     try:
         asyncio.run(serve_until_signalled(server, grace=args.grace))
     except ServingError as exc:
         print(f"serving: {exc.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _supervise(args):
+    """`serve` as the supervisor of `--workers` serving processes (serving.workers)."""
+    from serving.workers import Supervisor, app_folders, reserve_port
+
+    reserved = reserve_port(args.host) if not args.port else None
+    port = reserved.getsockname()[1] if reserved is not None else args.port
+    worker_args = _worker_args(args)
+    argv = [sys.executable, "-m", "serving.cli", *worker_args]
+    supervisor = Supervisor(argv, args.workers, port, args.metrics_port, restart_backoff_s=args.restart_backoff,
+                            max_rss_mb=args.max_rss_mb, stop_timeout_s=args.grace + 30.0,
+                            app_dirs=app_folders(args.evals, args.app_name))
+    try:
+        return supervisor.run()
+    finally:
+        if reserved is not None:
+            reserved.close()
 
 
 def cmd_infer(args):
@@ -288,6 +333,11 @@ def cmd_build(args):
 
 
 def main(argv=None):
+    from evals.utils.image import cap_decoder_pixels
+
+    # Before any command imports OpenCV: images of formats whose size load_image cannot read from the header are
+    # then refused by the decoder before it allocates them (inherited by workers and training processes).
+    cap_decoder_pixels()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     command = getattr(args, "func", None)  # commands registered by other modules carry their function

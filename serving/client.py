@@ -47,7 +47,7 @@ def error_of(rpc_error):
             except ValueError:
                 code = None
     if code is None:
-        code = code_for_grpc_status(rpc_error.code())
+        code = code_for_grpc_status(rpc_error.code(), rpc_error.details())
     return {"error": rpc_error.details() or rpc_error.code().name, "code": code}
 
 

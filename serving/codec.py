@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from serving.batching import Outcome
-from serving.errors import BAD_REQUEST, INTERNAL, ServingError
+from serving.errors import BAD_REQUEST, INTERNAL, PAYLOAD_TOO_LARGE, ServingError
 from serving.proto import inference_pb2 as pb
 
 # Big enough for a 10 MiB image and its neighbours in one call; `--max-message-mb` changes it.
@@ -18,6 +18,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # Limits on the JSON a caller sends in params and attributes.
 MAX_JSON_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
+# Most images one call may carry (instances, counting each image of a multi-image instance), and most named
+# inputs of one instance: checked before the values are converted, so that a message packed with tiny entries
+# cannot make the server build millions of Python objects (413).
+MAX_INSTANCES_PER_CALL = 1024
+MAX_INPUTS_PER_INSTANCE = 256
 TENSOR_MARKER = "$tensor"
 BYTES_DTYPE = "bytes"
 
@@ -160,6 +165,9 @@ def parse_json(text, where, *, want_object):
 
 
 def _instance_to_data(instance, where):
+    if len(instance.inputs) > MAX_INPUTS_PER_INSTANCE:
+        raise ServingError(PAYLOAD_TOO_LARGE, f"{where} has {len(instance.inputs)} inputs, over the limit of "
+                                              f"{MAX_INPUTS_PER_INSTANCE}")
     data = {}
     if instance.uri:
         data["uri"] = instance.uri
@@ -178,10 +186,16 @@ def request_to_eval_requests(request):
     """The eval requests `{"data": ..., "params": ...}` of an InferRequest, one per instance."""
     if not request.instances:
         raise ServingError(BAD_REQUEST, "the request holds no instances")
+    if len(request.instances) > MAX_INSTANCES_PER_CALL:
+        raise _too_many_images(len(request.instances))
     params = parse_json(request.params, "params", want_object=True) if request.params else {}
     requests = []
+    images = 0
     for i, instance in enumerate(request.instances):
         where = f"instances[{i}]"
+        images += len(instance.images) or 1
+        if images > MAX_INSTANCES_PER_CALL:
+            raise _too_many_images(images, "at least ")
         if instance.images:
             if instance.uri or instance.body or instance.attribute or instance.inputs:
                 raise ServingError(BAD_REQUEST, f"{where}: a multi-image instance carries its data in images only")
@@ -190,6 +204,11 @@ def request_to_eval_requests(request):
             data = _instance_to_data(instance, where)
         requests.append({"data": data, "params": dict(params)})
     return requests
+
+
+def _too_many_images(count, qualifier=""):
+    return ServingError(PAYLOAD_TOO_LARGE, f"the call carries {qualifier}{count} images, over the limit of "
+                                           f"{MAX_INSTANCES_PER_CALL} per call; split it")
 
 
 # ---- server side: outcome -> result ------------------------------------------------------------------------------

@@ -63,10 +63,20 @@ def grpc_status_for(code):
     return grpc.StatusCode.INTERNAL
 
 
-def code_for_grpc_status(status):
+#: How gRPC words a call refused by the server's `maximum_concurrent_rpcs` (serve --max-concurrent-rpcs).
+CONCURRENCY_LIMIT_DETAILS = "Concurrent RPC limit exceeded"
+
+
+def code_for_grpc_status(status, details=""):
     """The serving code a client reports for a gRPC status that carried no serving code: an error of the
     transport, not of the runtime (which always sends its code). RESOURCE_EXHAUSTED without a code is gRPC's own
-    message-size limit, hence 413; the runtime's full queue arrives with 429 in metadata."""
+    message-size limit, hence 413, or its limit on concurrent calls (told by `details`), hence 429 like a full
+    queue; the runtime's full queue arrives with 429 in metadata. CANCELLED is 503, retryable: serving's clients
+    never cancel a call of their own accord (a cancelled asyncio caller gets CancelledError, not a status), so it
+    means the server's side ended the call, as gRPC's shutdown does to a call that crosses its GOAWAY
+    (grpc/grpc#24237) or an overwhelmed server to calls past what it can take."""
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and (details or "").startswith(CONCURRENCY_LIMIT_DETAILS):
+        return TOO_MANY_REQUESTS
     return {
         grpc.StatusCode.INVALID_ARGUMENT: BAD_REQUEST,
         grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
@@ -76,7 +86,7 @@ def code_for_grpc_status(status):
         grpc.StatusCode.RESOURCE_EXHAUSTED: PAYLOAD_TOO_LARGE,
         grpc.StatusCode.UNIMPLEMENTED: NOT_IMPLEMENTED,
         grpc.StatusCode.UNAVAILABLE: UNAVAILABLE,
-        grpc.StatusCode.CANCELLED: CLIENT_CLOSED,
+        grpc.StatusCode.CANCELLED: UNAVAILABLE,
     }.get(status, INTERNAL)
 
 

@@ -20,13 +20,14 @@ caller run code of its choosing.
 
 Errors are ServingErrors with the runtime's codes: 400 a malformed id, a document that is not an image,
 ``image_view_num`` that disagrees with the views, no views, a repeated view id, a view image that does not
-decode; 404 an unknown image, app or model; the app's own code when it fails (5xx, 57x retryable).
+decode; 404 an unknown image, app or model (another user's image or model is unknown: serving.ownership); the app's own code when it fails (5xx, 57x retryable).
 """
 import asyncio
 import time
 from pathlib import Path
 
 from serving.errors import BAD_REQUEST, NOT_FOUND, ServingError
+from serving.ownership import caller
 
 OCR_APP = "mvi_ocr"
 DEFECT_APP = "mvi_defect"
@@ -103,11 +104,15 @@ class Inspection:
 
     # ---- calls ----------------------------------------------------------------------------------------------
 
+    def _store(self):
+        """The store as the caller sees it: another user's image is unknown, results belong to the caller."""
+        return self._store_factory().for_user(caller())
+
     def _image_bytes(self, image_id, where):
         """The bytes of stored image `image_id` (in a thread: SQLite and file reads)."""
         from serving.store import StoreError, check_id
 
-        store = self._store_factory()
+        store = self._store()
         try:
             record = store.get(check_id(image_id))
         except StoreError as exc:
@@ -159,5 +164,5 @@ class Inspection:
         return await asyncio.to_thread(self._store_result, document, meta, [image_id for _, image_id in views])
 
     def _store_result(self, document, meta, image_ids):
-        return self._store_factory().put_json(document, kind="result", meta=meta,
+        return self._store().put_json(document, kind="result", meta=meta,
                                               refs=sorted({i.lower() for i in image_ids}))

@@ -6,13 +6,15 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from evals.utils.image import set_uri_policy
 from serving import metrics
 from serving.apps import READY, AppRegistry
 from serving.auth import TokenAuthInterceptor
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.limits import DEFAULT_MAX_CONCURRENT_RPCS
+from serving.request_decoding import DecodingRegistrar
 from serving.dataplane import DataPlane
 from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
@@ -24,12 +26,14 @@ from serving.jobs.manager import DEFAULT_MAX_JOBS, DEFAULT_TRAINER_APP, JobManag
 from serving.servicers.mvp import add_mvp_servicers_to_server
 from serving.servicers.store import StoreServicer
 from serving.store import Store
+from serving.workers import notify_ready
 
 log = logging.getLogger("serving.server")
 
 NATIVE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 STORE_SERVICE = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 _HEALTH_INTERVAL_S = 0.25
+
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -49,13 +53,15 @@ class ServingServer:
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
                  credentials=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
-                 trainer_app=DEFAULT_TRAINER_APP):
+                 trainer_app=DEFAULT_TRAINER_APP, max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS, quarantined=None):
         # Apps exported from training snapshots (serving.jobs.export) are served beside the evals dir's.
         self.registry = AppRegistry(evals_dir, classic_name=app_name, extra_dirs=(exported_apps_dir(data_dir),))
         self.dataplane = DataPlane(self.registry)
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.quarantined = dict(quarantined or {})  # {app: reason}: apps not to load (serving.workers)
         self.metrics_port = metrics_port
         self.strict = strict
         self.tokens = tokens
@@ -90,17 +96,21 @@ class ServingServer:
         except ValueError as exc:
             raise ServingError(BAD_REQUEST, str(exc)) from None
         interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
-        self._server = grpc.aio.server(options=options, interceptors=interceptors)
-        inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), self._server)
+        self._server = grpc.aio.server(options=options, interceptors=interceptors,
+                                       maximum_concurrent_rpcs=self.max_concurrent_rpcs)
+        # Every service registers through it: a request that does not decode gets 400, not gRPC's UNKNOWN.
+        registrar = DecodingRegistrar(self._server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), registrar)
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
-        add_kserve_servicer_to_server(self.dataplane, self._server, started=lambda: self._health_task is not None)
-        store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), self._server)
-        mvp_services = add_mvp_servicers_to_server(self.jobs, Inspection(self.dataplane, lambda: self.store, self.jobs),
-                                                   self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self._server)
+        add_kserve_servicer_to_server(self.dataplane, registrar, started=lambda: self._health_task is not None)
+        store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), registrar)
+        inspection = Inspection(self.dataplane, lambda: self.store, self.jobs)
+        mvp_services = add_mvp_servicers_to_server(self.jobs, inspection, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        # What reflection.enable_server_reflection does for an aio server, through the registrar.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
+            (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            registrar)
         address = f"{self.host}:{self.port}"
         if self.credentials is not None:
             self.port = self._server.add_secure_port(address, self.credentials)
@@ -119,7 +129,7 @@ class ServingServer:
                  f"{len(self.tokens)} tokens" if self.tokens is not None else "no authentication",
                  "under " + ", ".join(self.data_roots) if self.data_roots else "refused")
         try:
-            await self.registry.load_all(strict=self.strict)
+            await self.registry.load_all(strict=self.strict, skip=self.quarantined)
         except Exception:
             await self.stop(grace=0)
             raise
@@ -174,6 +184,7 @@ async def serve_until_signalled(server, grace=5.0):
         loop.add_signal_handler(signum, stopping.set)
     await server.start()
     print(f"serving on {server.host}:{server.port}", flush=True)
+    notify_ready()
     await stopping.wait()
     log.info("shutting down (grace %.1fs)", grace)
     await server.stop(grace)

@@ -12,6 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from evals.utils.image import cap_decoder_pixels
+
+# As `serving` does before anything imports OpenCV: tests that decode hostile images in this process (the decoder
+# fuzz tests) get the same bound on what a decode may allocate.
+cap_decoder_pixels()
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 

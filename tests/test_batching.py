@@ -89,6 +89,8 @@ def test_retryable_codes_and_transport_statuses():
     assert is_retryable(571) and is_retryable(429) and is_retryable(503)
     assert not is_retryable(500) and not is_retryable(400)
     assert code_for_grpc_status(grpc.StatusCode.RESOURCE_EXHAUSTED) == 413
+    assert code_for_grpc_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!") == 429
+    assert code_for_grpc_status(grpc.StatusCode.CANCELLED) == 503  # the server's side ended it: retry
     assert code_for_grpc_status(grpc.StatusCode.DEADLINE_EXCEEDED) == 504
     assert code_for_grpc_status(grpc.StatusCode.UNKNOWN) == 500
 

@@ -21,6 +21,9 @@ Rules (the old host's, kept):
 
 Pixel dimensions are checked BEFORE decoding for PNG, JPEG, GIF, BMP and WebP, by reading the few header
 bytes that hold them, so a 5000 px side (or a decompression bomb) is refused without allocating the image.
+Every other format OpenCV reads (TIFF, PNM, ...) is bounded by OpenCV's own pixel limit, which
+``cap_decoder_pixels()`` lowers to 4999 x 4999 (`serving` calls it before anything imports OpenCV): such a file
+decoding to more pixels is refused by the decoder before it allocates them (``ErrorImageTooLarge``).
 Why headers rather than a first ``cv2.IMREAD_REDUCED_GRAYSCALE_8`` decode: reduced decoding is only cheap
 for JPEG (libjpeg scales in the DCT); for PNG, WebP and the rest OpenCV decodes at full size and then
 resizes, so it would allocate the whole image and double the decoding work. Those decoders allocate exactly
@@ -42,8 +45,8 @@ from evals.utils.error import (
     ErrorRemoteURI,
 )
 
-__all__ = ["load_image", "image_header_size", "set_uri_policy", "uri_roots", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE",
-           "MIN_IMAGE_SIDE"]
+__all__ = ["load_image", "image_header_size", "set_uri_policy", "uri_roots", "cap_decoder_pixels",
+           "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE"]
 
 #: Largest encoded image accepted, in bytes.
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -56,6 +59,11 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...); not DHT/JPG/DAC.
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+# OpenCV reads its pixel limit from the environment once, when the library loads (default 2**30 pixels: 3 GiB
+# for a colour image).
+_OPENCV_PIXEL_LIMIT_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
+_OPENCV_PIXEL_LIMIT_TEXT = "CV_IO_MAX_IMAGE_PIXELS"  # in the message of the decoder's refusal
 
 # The uri policy: None reads any local path (never configured); a tuple of real directory paths reads only
 # files under one of them, and the empty tuple refuses every uri. Replaced whole, never mutated, so a reader on
@@ -85,6 +93,23 @@ def set_uri_policy(roots):
         resolved.append(real)
     _uri_roots = tuple(resolved)
     return previous
+
+
+def cap_decoder_pixels(limit=MAX_IMAGE_SIDE * MAX_IMAGE_SIDE):
+    """Lower OpenCV's decoder pixel limit to `limit` (default a 4999 x 4999 image) for this process and the
+    processes it starts, unless the environment already sets one. Effective only before OpenCV is imported:
+    returns False (and changes nothing) when it already is."""
+    import sys
+
+    if "cv2" in sys.modules:
+        return False
+    os.environ.setdefault(_OPENCV_PIXEL_LIMIT_ENV, str(int(limit)))
+    return True
+
+
+def over_decoder_pixel_limit(error):
+    """True when `error` (a cv2.error) is OpenCV's decoder refusing an image over its pixel limit."""
+    return _OPENCV_PIXEL_LIMIT_TEXT in str(error)
 
 
 def uri_roots():
@@ -230,7 +255,9 @@ def _decode(data, name):
 
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
+    except cv2.error as exc:
+        if over_decoder_pixel_limit(exc):
+            raise ErrorImageTooLarge(name) from None
         image = None
     if image is None or image.size == 0:
         raise ErrorCV2ImageRead(name)

@@ -15,6 +15,12 @@ Tables:
 
 Task ids are uint64 in the proto, beyond SQLite's signed INTEGER: they are kept as decimal TEXT.
 
+Tasks and templates have an `owner`, the user that made them ("" = the anonymous user; serving.ownership). The
+database does not filter by it: serving.jobs.manager checks it on every request.
+
+Schema versions (PRAGMA user_version): 0 had no owner columns; opening such a database adds them (existing rows:
+the anonymous user) in the transaction that sets version 1. A newer version's database is refused.
+
 Both the server (serving.jobs.manager) and the workers (serving.jobs.worker) open this database; every write is
 one short BEGIN IMMEDIATE transaction, and state changes are compare-and-set (`WHERE state = ...`), so the two
 never overwrite each other's decision.
@@ -26,8 +32,10 @@ import time
 from pathlib import Path
 
 from serving.jobs.codes import CONFLICT, INTERNAL, NOT_FOUND, JobError
+from serving.ownership import owner_clause
 
 DB_FILE = "jobs.sqlite3"
+SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
 
 # States of a task. ACTIVE ones hold (or wait for) a worker; the others are at rest.
@@ -65,6 +73,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_json_id   TEXT NOT NULL DEFAULT '',
     result_image_ids TEXT NOT NULL DEFAULT '[]',
     eval_json_id     TEXT NOT NULL DEFAULT '',
+    owner            TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (task_id, interface_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, queue_seq);
@@ -101,9 +110,15 @@ CREATE TABLE IF NOT EXISTS templates (
     json_val_id      TEXT NOT NULL DEFAULT '',
     trained_model_id TEXT NOT NULL DEFAULT '',
     source_task      TEXT NOT NULL DEFAULT '',
-    created_at       REAL NOT NULL
+    created_at       REAL NOT NULL,
+    owner            TEXT NOT NULL DEFAULT ''
 )
 """
+# Columns added since version 0, by table: added to older databases with their default.
+_ADDED_COLUMNS = {"tasks": ("owner TEXT NOT NULL DEFAULT ''",), "templates": ("owner TEXT NOT NULL DEFAULT ''",)}
+# After the migrations: they index added columns.
+_INDEXES = ("CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, queue_seq)",
+            "CREATE INDEX IF NOT EXISTS templates_by_owner ON templates (owner, name)")
 
 
 def key_of(task_id, interface_id):
@@ -135,8 +150,20 @@ class JobDB:
         conn = self._conn()
         conn.execute("PRAGMA journal_mode = WAL")
         with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JobError(INTERNAL, f"{self.path} has schema version {version}, newer than this version of "
+                                         f"serving ({SCHEMA_VERSION}); upgrade serving")
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column.split()[0] not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            for statement in _INDEXES:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -180,15 +207,15 @@ class JobDB:
 
     # ---- tasks ----------------------------------------------------------------------------------------------
 
-    def insert_task(self, key, kind, app, params, template=None):
-        """A new QUEUED task; JobError 409 when (task_id, interface_id) is taken."""
+    def insert_task(self, key, kind, app, params, template=None, owner=""):
+        """A new QUEUED task of `owner`; JobError 409 when (task_id, interface_id) is taken (by anyone)."""
         now = time.time()
         try:
             with self._write() as conn:
                 seq = conn.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM tasks").fetchone()[0]
                 conn.execute("INSERT INTO tasks (task_id, interface_id, kind, state, app, params, template, "
-                             "queue_seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (*key, kind, QUEUED, app, json.dumps(params), template, seq, now))
+                             "queue_seq, created_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (*key, kind, QUEUED, app, json.dumps(params), template, seq, now, owner))
         except sqlite3.IntegrityError:
             raise JobError(CONFLICT, f"{task_label(key)} already exists: task id already in use") from None
 
@@ -199,8 +226,11 @@ class JobDB:
             raise JobError(NOT_FOUND, f"unknown {task_label(key)}")
         return _task_dict(row)
 
-    def list_tasks(self):
-        return [_task_dict(row) for row in self._conn().execute("SELECT * FROM tasks ORDER BY queue_seq")]
+    def list_tasks(self, viewer=None):
+        """Tasks `viewer` may see (None: all), in queue order."""
+        visible, params = owner_clause(viewer)
+        return [_task_dict(row) for row in self._conn().execute(
+            f"SELECT * FROM tasks WHERE {visible} ORDER BY queue_seq", params)]
 
     def delete_task(self, key):
         """Forget a task at rest with its records (its models stay in the store); 409 while it is active."""
@@ -367,13 +397,13 @@ class JobDB:
     # ---- templates ------------------------------------------------------------------------------------------
 
     def insert_template(self, name, params, json_mongodb_id="", json_val_id="", trained_model_id="",
-                        description="", source_task=""):
+                        description="", source_task="", owner=""):
         try:
             with self._write() as conn:
                 conn.execute("INSERT INTO templates (name, description, params, json_mongodb_id, json_val_id, "
-                             "trained_model_id, source_task, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             "trained_model_id, source_task, created_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (name, description, json.dumps(params), json_mongodb_id, json_val_id,
-                              trained_model_id, source_task, time.time()))
+                              trained_model_id, source_task, time.time(), owner))
         except sqlite3.IntegrityError:
             raise JobError(CONFLICT, f"template {name!r} already exists") from None
 
@@ -385,8 +415,11 @@ class JobDB:
         template["params"] = json.loads(template["params"])
         return template
 
-    def list_templates(self):
-        names = [row[0] for row in self._conn().execute("SELECT name FROM templates ORDER BY name")]
+    def list_templates(self, viewer=None):
+        """Templates `viewer` may see (None: all), by name."""
+        visible, params = owner_clause(viewer)
+        names = [row[0] for row in self._conn().execute(
+            f"SELECT name FROM templates WHERE {visible} ORDER BY name", params)]
         return [self.get_template(name) for name in names]
 
     def delete_template(self, name):

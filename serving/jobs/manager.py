@@ -16,6 +16,12 @@ checkpoints and ends STOPPED / PAUSED. A worker that has not ended after `stop_g
 makes should_stop() true), then SIGKILL after KILL_AFTER_TERM_S; its last snapshot is kept either way.
 
 Restart: see serving.jobs (RUNNING -> INTERRUPTED, resumable; QUEUED stays queued).
+
+Ownership (serving.ownership): every request acts for `serving.ownership.caller()`, the user of the RPC in
+progress, read here rather than passed in so that every servicer method gets the same checks. A task or template
+belongs to the user that made it; another user's answers 404 with the message an unknown one gets (admins see
+and control all). Documents a request names (datasets, models) must be visible to the caller too, and the
+worker writes the task's snapshots and results as the task's owner.
 """
 import asyncio
 import contextlib
@@ -34,6 +40,7 @@ from serving.jobs.export import (check_app_name, default_app_name, export_in_sub
                                  replace_folder)
 from serving.jobs.params import PARAM_FIELDS, check_task_ids, check_train_params
 from serving.jobs.worker import append_log, child_environment, task_dir
+from serving.ownership import caller, can_see
 
 log = logging.getLogger("serving.jobs")
 
@@ -315,8 +322,12 @@ class JobManager:
                 raise JobError(BAD_PARAMS, str(exc)) from None
         return params
 
-    def _check_document(self, doc_id, field, kind, required):
-        """Check a store id field: 400 malformed or wrong kind, 404 missing. The id in lowercase, or ""."""
+    def _store_for(self, user):
+        return self._store_factory().for_user(user)
+
+    def _check_document(self, doc_id, field, kind, required, user):
+        """Check a store id field: 400 malformed or wrong kind, 404 missing or not `user`'s to see. The id in
+        lowercase, or ""."""
         from serving.store import is_valid_id
 
         doc_id = (doc_id or "").strip()
@@ -326,7 +337,7 @@ class JobManager:
             return ""
         if not is_valid_id(doc_id):
             raise JobError(BAD_PARAMS, f"{field} {doc_id!r} is not a 24-hex store id")
-        store = self._store_factory()
+        store = self._store_for(user)
         if not store.exists(doc_id):
             raise JobError(NOT_FOUND, f"{field} {doc_id}: no such {kind} in the store")
         record = store.get(doc_id)
@@ -334,24 +345,38 @@ class JobManager:
             raise JobError(BAD_PARAMS, f"{field} {doc_id} is a {record.kind}, not a {kind}")
         return record.id
 
-    def _prepare(self, spec):
+    def _own_task(self, key, user):
+        """The task `key` when `user` may see it; otherwise JobError 404 worded as for an unknown task."""
+        task = self.db.get_task(key)
+        if not can_see(task["owner"], user):
+            raise JobError(NOT_FOUND, f"unknown {jobdb.task_label(key)}")
+        return task
+
+    def _own_template(self, name, user):
+        """The template `name` when `user` may see it; otherwise JobError 404 worded as for an unknown one."""
+        template = self.db.get_template(name)
+        if not can_see(template["owner"], user):
+            raise JobError(NOT_FOUND, f"unknown template {name!r}")
+        return template
+
+    def _prepare(self, spec, user):
         """Check a start request (dict: task_id, interface_id, task_type "TRAIN"/"TEST", param_request dict,
-        json_mongodb_id, json_val_id, trained_model_id, template) and record the task as QUEUED."""
+        json_mongodb_id, json_val_id, trained_model_id, template) and record the task as QUEUED, `user`'s."""
         check_task_ids(spec["task_id"], spec["interface_id"])
         key = jobdb.key_of(spec["task_id"], spec["interface_id"])
         kind = spec.get("task_type")
         if kind not in (jobdb.TRAIN, jobdb.TEST):
             raise JobError(BAD_PARAMS, f"task_type must be TRAIN (0) or TEST (1), got {kind!r}")
-        dataset_id = self._check_document(spec.get("json_mongodb_id"), "json_mongodb_id", "dataset", True)
-        val_id = self._check_document(spec.get("json_val_id"), "json_val_id", "dataset", False)
+        dataset_id = self._check_document(spec.get("json_mongodb_id"), "json_mongodb_id", "dataset", True, user)
+        val_id = self._check_document(spec.get("json_val_id"), "json_val_id", "dataset", False, user)
         model_id = self._check_document(spec.get("trained_model_id"), "trained_model_id", "model",
-                                        kind == jobdb.TEST)
+                                        kind == jobdb.TEST, user)
         raw = spec.get("param_request") or {}
         if kind == jobdb.TRAIN:
             app, module = self._trainer_for(str(raw.get("model_name") or ""))
             params = self._train_params(module, raw)
         else:
-            app = self._store_factory().get(model_id).meta.get("app", "")
+            app = self._store_for(user).get(model_id).meta.get("app", "")
             module = self._app_module(app)
             if module is None or not callable(getattr(module, "test", None)):
                 raise JobError(NO_TRAINER, f"model {model_id} was made by app {app!r}, which is not loaded or "
@@ -359,26 +384,30 @@ class JobManager:
             params = {name: raw.get(name) for name in PARAM_FIELDS if raw.get(name) not in (None, "", [], 0)}
         params.update({"task_id": int(key[0]), "interface_id": int(key[1]), "task_type": kind,
                        "json_mongodb_id": dataset_id, "json_val_id": val_id, "trained_model_id": model_id})
-        self.db.insert_task(key, kind, app, params, spec.get("template"))
+        self.db.insert_task(key, kind, app, params, spec.get("template"), owner=user.name)
         log.info("%s: %s queued (app %s)", jobdb.task_label(key), kind, app)
         return key
 
     async def submit(self, spec):
         """Check and queue a task; JobError for a bad request (nothing is recorded then)."""
         await self._opened()
-        key = await asyncio.to_thread(self._prepare, spec)
+        key = await asyncio.to_thread(self._prepare, spec, caller())
         self._nudge()
         return key
 
-    async def stop(self, key):
+    async def _task_of_caller(self, key):
+        """The task `key` if the caller may see it (else 404 as if unknown)."""
         await self._opened()
+        return await asyncio.to_thread(self._own_task, key, caller())
+
+    async def stop(self, key):
+        await self._task_of_caller(key)
         state = await asyncio.to_thread(self.db.request, key, jobdb.STOP)
         self._nudge()
         return state
 
     async def pause(self, key):
-        await self._opened()
-        task = await asyncio.to_thread(self.db.get_task, key)
+        task = await self._task_of_caller(key)
         if task["kind"] != jobdb.TRAIN:
             raise JobError(BAD_PARAMS, f"{jobdb.task_label(key)} is a TEST task: only training tasks pause")
         state = await asyncio.to_thread(self.db.request, key, jobdb.PAUSE)
@@ -386,26 +415,26 @@ class JobManager:
         return state
 
     async def resume(self, key):
-        await self._opened()
+        await self._task_of_caller(key)
         await asyncio.to_thread(self.db.resume, key)
         self._nudge()
 
     async def delete(self, key):
-        await self._opened()
+        await self._task_of_caller(key)
         await asyncio.to_thread(self.db.delete_task, key)
 
     # ---- queries --------------------------------------------------------------------------------------------
 
     async def task(self, key):
-        await self._opened()
-        return await asyncio.to_thread(self.db.get_task, key)
+        return await self._task_of_caller(key)
 
     async def tasks(self):
+        """The tasks the caller may see."""
         await self._opened()
-        return await asyncio.to_thread(self.db.list_tasks)
+        return await asyncio.to_thread(self.db.list_tasks, caller())
 
-    def _train_progress(self, key, model_no):
-        self.db.get_task(key)
+    def _train_progress(self, key, model_no, user):
+        self._own_task(key, user)
         models = self.db.models(key)
         if model_no > len(models):
             raise JobError(NOT_FOUND, f"{jobdb.task_label(key)} has {len(models)} model(s), not model {model_no}")
@@ -414,12 +443,11 @@ class JobManager:
     async def train_progress(self, key, model_no=0):
         """(models, records) of a task; records of model `model_no` only when it is not 0."""
         await self._opened()
-        return await asyncio.to_thread(self._train_progress, key, model_no)
+        return await asyncio.to_thread(self._train_progress, key, model_no, caller())
 
     async def test_task(self, key, need_results):
         """A TEST task; with `need_results`, JobError unless it has finished with results."""
-        await self._opened()
-        task = await asyncio.to_thread(self.db.get_task, key)
+        task = await self._task_of_caller(key)
         if task["kind"] != jobdb.TEST:
             raise JobError(BAD_PARAMS, f"{jobdb.task_label(key)} is a training task, not a test task")
         if need_results and not task["result_json_id"]:
@@ -432,9 +460,10 @@ class JobManager:
     async def stream_records(self, key, model_no=0):
         """Yield the task's progress rows as they are written, from the first; ends once the task is at rest."""
         await self._opened()
+        user = caller()
         after = 0
         while True:
-            task = await asyncio.to_thread(self.db.get_task, key)
+            task = await asyncio.to_thread(self._own_task, key, user)
             rows = await asyncio.to_thread(self.db.records, key, model_no, after)
             for row in rows:
                 after = row["seq"]
@@ -445,14 +474,14 @@ class JobManager:
 
     # ---- templates ------------------------------------------------------------------------------------------
 
-    def _create_template(self, spec):
+    def _create_template(self, spec, user):
         name = str(spec.get("name") or "")
         if not 1 <= len(name) <= 64 or not set(name) <= _TEMPLATE_NAME_CHARS:
             raise JobError(BAD_PARAMS, f"template name {name!r}: 1 to 64 letters, digits, '_', '.', '-'")
         source = spec.get("from_task")
         if source:
             key = jobdb.key_of(*source)
-            task = self.db.get_task(key)
+            task = self._own_task(key, user)
             if task["kind"] != jobdb.TRAIN or task["state"] not in (jobdb.DONE, jobdb.STOPPED):
                 raise JobError(CONFLICT, f"{jobdb.task_label(key)} is a {task['state']} {task['kind']} task: "
                                          "templates are made from finished training tasks")
@@ -465,12 +494,14 @@ class JobManager:
             raw = spec.get("param_request") or {}
             _, module = self._trainer_for(str(raw.get("model_name") or ""))
             params = self._train_params(module, raw)
-            dataset_id = self._check_document(spec.get("json_mongodb_id"), "json_mongodb_id", "dataset", False)
-            val_id = self._check_document(spec.get("json_val_id"), "json_val_id", "dataset", False)
-            model_id = self._check_document(spec.get("trained_model_id"), "trained_model_id", "model", False)
+            dataset_id = self._check_document(spec.get("json_mongodb_id"), "json_mongodb_id", "dataset", False,
+                                              user)
+            val_id = self._check_document(spec.get("json_val_id"), "json_val_id", "dataset", False, user)
+            model_id = self._check_document(spec.get("trained_model_id"), "trained_model_id", "model", False,
+                                            user)
             source_label = ""
         self.db.insert_template(name, params, dataset_id, val_id, model_id, str(spec.get("description") or ""),
-                                source_label)
+                                source_label, owner=user.name)
         return self.db.get_template(name)
 
     async def create_template(self, spec):
@@ -478,18 +509,19 @@ class JobManager:
         interface_id) of a DONE/STOPPED training task, or param_request + json_mongodb_id/json_val_id/
         trained_model_id)."""
         await self._opened()
-        return await asyncio.to_thread(self._create_template, spec)
+        return await asyncio.to_thread(self._create_template, spec, caller())
 
     async def template(self, name):
         await self._opened()
-        return await asyncio.to_thread(self.db.get_template, name)
+        return await asyncio.to_thread(self._own_template, name, caller())
 
     async def templates(self):
+        """The templates the caller may see."""
         await self._opened()
-        return await asyncio.to_thread(self.db.list_templates)
+        return await asyncio.to_thread(self.db.list_templates, caller())
 
     async def delete_template(self, name):
-        await self._opened()
+        await self.template(name)
         await asyncio.to_thread(self.db.delete_template, name)
 
     async def start_from_template(self, name, task_id, interface_id, overrides=None):
@@ -507,9 +539,9 @@ class JobManager:
     async def export_model(self, model_id, app_name=""):
         """Export snapshot `model_id` as an app into DATA/apps/<name> and (re)load it in this server without a
         restart (serving.jobs.export). Returns {"app", "model_id", "path", "state"}. JobError: 400 malformed id or
-        name, or not a model; 404 unknown model; 409 the name belongs to an app of the evals dir; 503 the app that
+        name, or not a model; 404 unknown model (or another user's); 409 the name belongs to an app of the evals dir; 503 the app that
         trained it cannot export; 500 the export or the load failed (a previous version keeps serving)."""
-        record = await asyncio.to_thread(self._model_record, model_id)
+        record = await asyncio.to_thread(self._model_record, model_id, caller())
         name = check_app_name(app_name or default_app_name(record.meta))
         apps_dir = exported_apps_dir(self.data_dir)
         if self.registry is not None:
@@ -533,11 +565,11 @@ class JobManager:
         log.info("model %s exported as app %s", record.id, name)
         return {"app": name, "model_id": record.id, "path": str((apps_dir / name).resolve()), "state": state}
 
-    def _model_record(self, model_id):
+    def _model_record(self, model_id, user):
         from serving.store import StoreError, check_id
 
         try:
-            record = self._store_factory().get(check_id((model_id or "").strip()))
+            record = self._store_for(user).get(check_id((model_id or "").strip()))
         except StoreError as exc:
             raise JobError(exc.code, exc.message) from None
         if record.kind != "model":

@@ -236,7 +236,8 @@ def run(args):
     log_path = task_dir(args.data_dir, key) / "progress.jsonl"
     append_log(log_path, "START", task_id=task["task_id"], interface_id=task["interface_id"], kind=task["kind"],
                attempt=args.attempt, app=task["app"])
-    store = Store(args.data_dir)
+    # Snapshots, results and whatever the hook stores belong to the task's owner (serving.ownership).
+    store = Store(args.data_dir, owner=task["owner"])
     job = None
     try:
         app_dir, module = import_app(args.evals, task["app"], args.app_name)

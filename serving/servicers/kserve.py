@@ -48,9 +48,9 @@ import numpy as np
 import serving
 from serving.apps import READY
 from serving.batching import Outcome
-from serving.codec import parse_json
+from serving.codec import MAX_INSTANCES_PER_CALL, parse_json
 from serving.dataplane import new_request_id
-from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, ServingError, abort_with
+from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, PAYLOAD_TOO_LARGE, ServingError, abort_with
 from serving.proto import kserve_pb2 as pb
 
 log = logging.getLogger("serving.kserve")
@@ -76,6 +76,11 @@ _CONFIG_TYPES = {**{name: pb.DataType.Value("TYPE_" + name) for name in DATATYPE
 
 # The eval contract's data keys, carried as BYTES inputs with one element per instance.
 _DATA_KEYS = ("body", "uri", "attribute")
+# Most BYTES elements one input may hold (each becomes a Python object), and most requests of one
+# ModelStreamInfer stream in flight: past that the stream is not read until answers are taken (HTTP/2 flow
+# control then holds the client back), so a client that sends without reading cannot grow memory.
+MAX_BYTES_ELEMENTS = 65536
+MAX_STREAM_IN_FLIGHT = 256
 _LENGTH = struct.Struct("<I")
 _NULL = b"null"
 
@@ -128,6 +133,9 @@ def decode_input(tensor, raw, where):
     count = math.prod(shape)
     datatype = tensor.datatype
     if datatype == BYTES:
+        if count > MAX_BYTES_ELEMENTS:
+            raise ServingError(PAYLOAD_TOO_LARGE, f"{where}: {count} BYTES elements, over the limit of "
+                                                  f"{MAX_BYTES_ELEMENTS}")
         if raw is not None:
             elements = split_bytes_elements(raw, count, where)
         else:
@@ -209,6 +217,9 @@ def request_to_eval_requests(request):
             raise ServingError(BAD_REQUEST, f"input {index}: " + ("no name" if not tensor.name else
                                                                   f"{tensor.name!r} given twice"))
         seen.add(tensor.name)
+        if tensor.shape and tensor.shape[0] > MAX_INSTANCES_PER_CALL:
+            raise ServingError(PAYLOAD_TOO_LARGE, f"{where} has {tensor.shape[0]} instances (first dimension), "
+                                                  f"over the limit of {MAX_INSTANCES_PER_CALL} per call; split it")
         array = decode_input(tensor, raw_contents[index] if raw_contents else None, where)
         if n is None:
             n = array.shape[0]
@@ -475,6 +486,7 @@ class KServeServicer:
         end_of_input = object()
         tasks = set()
         asked = 0
+        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)  # released once an answer has been sent
 
         async def answer(request):
             answers.put_nowait(await self._stream_answer(request, context))
@@ -483,6 +495,7 @@ class KServeServicer:
             nonlocal asked
             try:
                 async for request in request_iterator:
+                    await slots.acquire()
                     asked += 1
                     task = loop.create_task(answer(request))
                     tasks.add(task)
@@ -500,6 +513,7 @@ class KServeServicer:
                     continue
                 answered += 1
                 yield item
+                slots.release()
         finally:
             reader.cancel()
             for task in list(tasks):

@@ -1,12 +1,15 @@
 """The store's gRPC service (`serving.store.v1.Store`, protos/store.proto): put, get and list documents.
 
 SQLite and file I/O block, so every call runs on a worker thread (`asyncio.to_thread`), never on the event loop.
+Each call sees the store as its caller (serving.ownership): documents it puts belong to the caller, and another
+user's documents answer NOT_FOUND as missing ones do.
 """
 import asyncio
 import json
 
 from serving import codec
 from serving.errors import BAD_REQUEST, INTERNAL, ServingError, abort_with
+from serving.ownership import caller
 from serving.proto import store_pb2 as pb
 from serving.proto import store_pb2_grpc as pb_grpc
 from serving.store.datasets import put_dataset
@@ -34,7 +37,8 @@ class StoreServicer(pb_grpc.StoreServicer):
 
     @property
     def store(self):
-        return self._get_store()
+        """The store as the current caller sees it (the thread running a call inherits the caller)."""
+        return self._get_store().for_user(caller())
 
     def _put(self, request):
         meta = codec.parse_json(request.meta, "meta", want_object=True) if request.meta else None

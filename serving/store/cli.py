@@ -11,7 +11,9 @@
     serving dataset show ID                             prints the COCO document of a dataset
 
 Every command takes --data-dir (default $SERVING_DATA_DIR or ./var). Errors: a message on stderr, exit 2 (the
-StoreError is a ServingError, which serving.cli.main reports).
+StoreError is a ServingError, which serving.cli.main reports). The commands work on the files directly: they see
+every document whoever owns it; the commands that write take --owner USER (a user of the server's token file),
+without which what they store belongs to the anonymous user (serving.ownership: with tokens, admins only).
 """
 import argparse
 import json
@@ -31,20 +33,24 @@ def add_store_commands(subparsers):
     common.add_argument("--data-dir", type=Path, default=os.environ.get("SERVING_DATA_DIR", DEFAULT_DATA_DIR),
                         help="the store's folder, shared with the server [SERVING_DATA_DIR, default ./var]")
 
+    owned = argparse.ArgumentParser(add_help=False, parents=[common])
+    owned.add_argument("--owner", type=user_name, default=None,
+                       help="the user the new documents belong to (default: the anonymous user)")
+
     store = subparsers.add_parser("store", help="the embedded store of images, JSON documents and models")
     store_commands = store.add_subparsers(dest="store_command", required=True)
 
-    put_image = store_commands.add_parser("put-image", parents=[common], help="store an image file; print its id")
+    put_image = store_commands.add_parser("put-image", parents=[owned], help="store an image file; print its id")
     put_image.add_argument("file", type=Path)
     put_image.add_argument("--meta", type=json_object, default=None, help="JSON object kept with the image")
     put_image.set_defaults(func=cmd_put_image)
 
-    put_json = store_commands.add_parser("put-json", parents=[common], help="store a JSON file; print its id")
+    put_json = store_commands.add_parser("put-json", parents=[owned], help="store a JSON file; print its id")
     put_json.add_argument("file", type=Path)
     put_json.add_argument("--kind", default="json", help="document kind (json, result, dataset, ...)")
     put_json.set_defaults(func=cmd_put_json)
 
-    put_blob = store_commands.add_parser("put-blob", parents=[common], help="store any file; print its id")
+    put_blob = store_commands.add_parser("put-blob", parents=[owned], help="store any file; print its id")
     put_blob.add_argument("file", type=Path)
     put_blob.add_argument("--kind", required=True, help="document kind, e.g. model")
     put_blob.set_defaults(func=cmd_put_blob)
@@ -71,14 +77,14 @@ def add_store_commands(subparsers):
     dataset = subparsers.add_parser("dataset", help="COCO datasets kept in the store")
     dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
 
-    import_ = dataset_commands.add_parser("import", parents=[common],
+    import_ = dataset_commands.add_parser("import", parents=[owned],
                                           help="store a COCO file and its images; print the dataset id")
     import_.add_argument("--coco", type=Path, required=True, help="COCO detection JSON")
     import_.add_argument("--images", type=Path, required=True, help="folder the file names are relative to")
     import_.set_defaults(func=cmd_dataset_import)
 
     synth = dataset_commands.add_parser(
-        "synth", parents=[common],
+        "synth", parents=[owned],
         help="generate industrial surface images with defects; store train/val/test; print their ids as JSON")
     synth.add_argument("--n", type=int, default=300, help="images in all (70%% train, 15%% val, 15%% test)")
     synth.add_argument("--seed", type=int, default=0)
@@ -91,10 +97,19 @@ def add_store_commands(subparsers):
     show.set_defaults(func=cmd_dataset_show)
 
 
+def user_name(text):
+    """argparse type: a user name as the token file spells them."""
+    from serving.auth import is_valid_user_name
+
+    if not is_valid_user_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a user name (letters, digits and _ . @ -, 64 at most)")
+    return text
+
+
 def _open(args):
     from serving.store import Store
 
-    return Store(args.data_dir)
+    return Store(args.data_dir, owner=getattr(args, "owner", None) or "")
 
 
 def _read_file(path):

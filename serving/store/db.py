@@ -17,8 +17,18 @@ Writes are atomic. The blob is written to a temporary file, fsynced and renamed 
 committed, so a committed row always has its blob; when the insert fails, the blob is removed. A crash between
 rename and commit leaves at most an orphan blob (no row points at it), which `Store.gc` removes.
 `Store.transaction()` groups several writes: all their rows are committed together or none is.
+
+Ownership (serving.ownership): every row has an `owner`, the user it was written for ("" = the anonymous
+user). `Store(data_dir)` reads everything and writes as the anonymous user, or as `owner=`; `store.for_user(user)`
+is a view of the same store that writes as `user` and sees only what `user` may see: another user's document
+answers 404 exactly like a missing one, and lists leave it out. Servers hand callers such views.
+
+Schema versions (PRAGMA user_version): 1 had no owner column; opening a version-1 database adds it (existing
+rows: the anonymous user) in the same transaction that sets version 2. A database of a newer version is
+refused rather than written with rules this code does not know.
 """
 import contextlib
+import copy
 import datetime
 import hashlib
 import json
@@ -31,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND
+from serving.ownership import can_see, owner_clause
 from serving.store.errors import StoreError
 from serving.store.ids import check_id, is_valid_id, new_id
 from serving.store.images import inspect_image
@@ -44,7 +55,7 @@ DATASET_KIND = "dataset"
 # Kinds with an invariant that the generic put_json/put_blob cannot check: images must decode
 # (put_image), datasets must validate (serving.store.datasets.put_dataset).
 RESERVED_KINDS = (IMAGE_KIND, DATASET_KIND)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 
 _KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -57,7 +68,8 @@ CREATE TABLE IF NOT EXISTS documents (
     content_type TEXT NOT NULL,
     size         INTEGER NOT NULL,
     sha256       TEXT NOT NULL,
-    meta         TEXT NOT NULL DEFAULT '{}'
+    meta         TEXT NOT NULL DEFAULT '{}',
+    owner        TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_by_kind ON documents (kind, id);
 CREATE TABLE IF NOT EXISTS refs (
@@ -67,8 +79,10 @@ CREATE TABLE IF NOT EXISTS refs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_by_dst ON refs (dst);
 """
+# After the migrations: the column they add must exist first.
+_INDEXES = "CREATE INDEX IF NOT EXISTS documents_by_owner ON documents (owner, kind, id)"
 
-_COLUMNS = "id, kind, created_at, content_type, size, sha256, meta"
+_COLUMNS = "id, kind, created_at, content_type, size, sha256, meta, owner"
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class Record:
     size: int
     sha256: str
     meta: dict = field(default_factory=dict)
+    owner: str = ""
 
     @property
     def is_json(self):
@@ -92,7 +107,7 @@ class Record:
         created = datetime.datetime.fromtimestamp(self.created_at, datetime.timezone.utc)
         return {"id": self.id, "kind": self.kind, "created_at": self.created_at,
                 "created": created.isoformat(timespec="seconds"), "content_type": self.content_type,
-                "size": self.size, "sha256": self.sha256, "meta": self.meta}
+                "size": self.size, "sha256": self.sha256, "meta": self.meta, "owner": self.owner}
 
 
 @dataclass
@@ -143,8 +158,10 @@ class Store:
     """The document store of one data folder. Safe to share between threads (one SQLite connection each)
     and between processes (SQLite locking; WAL lets readers run beside the writer)."""
 
-    def __init__(self, data_dir, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S):
+    def __init__(self, data_dir, busy_timeout_s=DEFAULT_BUSY_TIMEOUT_S, owner=""):
         self.data_dir = Path(data_dir)
+        self.owner = str(owner or "")  # whom writes belong to
+        self.viewer = None  # whose view reads are limited to (a serving.auth.User); None: everything
         self.db_path = self.data_dir / DB_FILE
         self.blobs_dir = self.data_dir / BLOBS_DIR
         self._busy_timeout_s = float(busy_timeout_s)
@@ -190,8 +207,16 @@ class Store:
             # two processes opening a fresh folder at once do not both create the schema half-way.
             conn.execute("BEGIN IMMEDIATE")
             try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(INTERNAL, f"{self.db_path} has schema version {version}, newer than this "
+                                               f"version of serving ({SCHEMA_VERSION}); upgrade serving")
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
+                if "owner" not in columns:  # version 1: every existing document is the anonymous user's
+                    conn.execute("ALTER TABLE documents ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                conn.execute(_INDEXES)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -199,6 +224,13 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(INTERNAL, f"cannot set up {self.db_path}: {exc}") from None
+
+    def for_user(self, user):
+        """A view of this store for `user` (a serving.auth.User): writes belong to it, reads see only what it
+        may see (serving.ownership). It shares this store's connections: close the store, not the view."""
+        view = copy.copy(self)
+        view.owner, view.viewer = user.name, user
+        return view
 
     def close(self):
         """Close every connection of this store. Use only when no thread is using it any more."""
@@ -257,7 +289,8 @@ class Store:
         refs = tuple(dict.fromkeys(check_id(ref) for ref in refs))
         meta_text = _to_json_text(meta, "meta")
         doc_id = new_id()
-        row = (doc_id, kind, time.time(), content_type, len(data), hashlib.sha256(data).hexdigest(), meta_text)
+        row = (doc_id, kind, time.time(), content_type, len(data), hashlib.sha256(data).hexdigest(), meta_text,
+               self.owner)
         blob_path = self._blob_path(doc_id)
         self._write_blob(blob_path, data)
         pending = _PendingWrite(row, refs, blob_path)
@@ -303,9 +336,9 @@ class Store:
             try:
                 for pending in batch:
                     for ref in pending.refs:
-                        if ref not in batch_ids and not self._exists(conn, ref):
+                        if ref not in batch_ids and not self._exists(conn, ref, self.viewer):
                             raise StoreError(NOT_FOUND, f"document refers to unknown id {ref}")
-                conn.executemany(f"INSERT INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                conn.executemany(f"INSERT INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                  [pending.row for pending in batch])
                 conn.executemany("INSERT INTO refs (src, dst) VALUES (?, ?)",
                                  [(pending.row[0], ref) for pending in batch for ref in pending.refs])
@@ -320,8 +353,9 @@ class Store:
             raise StoreError(INTERNAL, f"store write failed: {exc}") from None
 
     @staticmethod
-    def _exists(conn, doc_id):
-        return conn.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone() is not None
+    def _exists(conn, doc_id, viewer=None):
+        row = conn.execute("SELECT owner FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        return row is not None and can_see(row[0], viewer)
 
     def _blob_path(self, doc_id):
         return self.blobs_dir / doc_id[-2:] / doc_id
@@ -352,13 +386,14 @@ class Store:
                                              (doc_id,)).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(INTERNAL, f"store read failed: {exc}") from None
-        if row is None:
+        # Another user's document gets the very answer a missing one gets.
+        if row is None or not can_see(row[-1], self.viewer):
             raise StoreError(NOT_FOUND, f"no document with id {doc_id}")
         return self._record(row)
 
     def exists(self, doc_id):
-        """True when `doc_id` is a well-formed id of a stored document."""
-        return is_valid_id(doc_id) and self._exists(self._connection(), doc_id.lower())
+        """True when `doc_id` is a well-formed id of a stored document this store (view) may see."""
+        return is_valid_id(doc_id) and self._exists(self._connection(), doc_id.lower(), self.viewer)
 
     def read_blob(self, doc_id):
         """The bytes of a document (any kind)."""
@@ -383,11 +418,13 @@ class Store:
             raise StoreError(INTERNAL, f"the JSON of {record.id} is corrupt: {exc}") from None
 
     def list(self, kind=None, limit=None, newest_first=False):
-        """Records, oldest first (newest first with `newest_first`), optionally of one kind, at most `limit`."""
-        query = f"SELECT {_COLUMNS} FROM documents"
-        params = []
+        """Records this store (view) may see, oldest first (newest first with `newest_first`), optionally of
+        one kind, at most `limit`."""
+        visible, params = owner_clause(self.viewer)
+        query = f"SELECT {_COLUMNS} FROM documents WHERE {visible}"
+        params = list(params)
         if kind is not None:
-            query += " WHERE kind = ?"
+            query += " AND kind = ?"
             params.append(_check_kind(kind))
         # created_at first: ids made by different processes in the same second do not sort by creation.
         query += " ORDER BY created_at DESC, id DESC" if newest_first else " ORDER BY created_at, id"
@@ -408,8 +445,8 @@ class Store:
 
     @staticmethod
     def _record(row):
-        doc_id, kind, created_at, content_type, size, sha256, meta = row
-        return Record(doc_id, kind, created_at, content_type, size, sha256, json.loads(meta))
+        doc_id, kind, created_at, content_type, size, sha256, meta, owner = row
+        return Record(doc_id, kind, created_at, content_type, size, sha256, json.loads(meta), owner)
 
     # ---- maintenance --------------------------------------------------------------------------------------
 

@@ -26,20 +26,34 @@ def sniff_format(data):
 def inspect_image(data, where="image"):
     """Decode `data` with OpenCV and describe it: {"format", "content_type", "width", "height", "channels"}.
 
-    StoreError 400 when the bytes are empty or do not decode: the store never holds an "image" that the apps
-    could not read back.
+    StoreError 400 when the bytes are empty or do not decode, or when a side is over MAX_IMAGE_SIDE (read from
+    the header before decoding where the format allows, as evals.utils.load_image does): the store never holds
+    an "image" that the apps could not read back.
     """
     import cv2  # imported here: the store's other users (listing, JSON documents) do not need OpenCV loaded
     import numpy as np
 
+    from evals.utils.image import MAX_IMAGE_SIDE, image_header_size, over_decoder_pixel_limit
+
     if not data:
         raise StoreError(BAD_REQUEST, f"{where}: empty, not an image")
+    too_large = StoreError(BAD_REQUEST, f"{where}: a side is over {MAX_IMAGE_SIDE} px")
+    size = image_header_size(data)
+    if size is not None and max(size) > MAX_IMAGE_SIDE:
+        raise too_large
     image_format, content_type = sniff_format(data)
-    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's pixel limit (evals.utils.image.cap_decoder_pixels), or a decoder's refusal
+        if over_decoder_pixel_limit(exc):
+            raise too_large from None
+        array = None
     if array is None or array.size == 0:
         hint = f" (its header says {image_format})" if image_format else ""
         raise StoreError(BAD_REQUEST, f"{where}: not a decodable image{hint}")
     height, width = array.shape[:2]
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise too_large
     channels = 1 if array.ndim == 2 else int(array.shape[2])
     return {"format": image_format or "other", "content_type": content_type or "application/octet-stream",
             "width": int(width), "height": int(height), "channels": channels}
