@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serving.harness import collect_images, format_summary, read_list_file, run_harness
-from serving.harness.report import latency_histogram_svg, render_report
+from serving.harness.report import latency_histogram_svg, pr_curve_svg, render_report
 from serving.harness.runner import to_jsonable
 from serving.harness.scoring import (
     ERROR_PREDICTION,
@@ -233,6 +233,13 @@ def test_report_draws_detection_curves_per_class_with_a_legend():
     svg = curves[:curves.index("</svg>")]
     assert svg.count("<polyline") == 3
     assert ">mean<" in svg and ">scratch<" in svg and ">dent<" in svg
+
+
+def test_pr_curve_svg_zooms_precision_only_when_every_point_is_high():
+    high = pr_curve_svg([("text", [0.2, 0.9], [1.0, 0.985])])
+    assert ">0.95<" in high and ">0.975<" in high and ">1<" in high
+    low = pr_curve_svg([("boxes", [0.2, 0.9, 1.0], [1.0, 0.6, -1.0])])  # -1: undefined, skipped
+    assert ">0<" in low and ">0.5<" in low and low.count(",") == 2
 
 
 def test_detections_below_iou_half_score_zero():

@@ -299,16 +299,23 @@ def latency_histogram_svg(latencies_ms, marks=None, *, max_bins=40, width=760, h
 
 
 def pr_curve_svg(curves, *, size=320, legend_width=170):
-    """An inline SVG of precision-recall curves on 0..1 axes: ``curves`` is a list of ``(label, recall,
-    precision)``; negative or None precisions (undefined points) are skipped. The first curve is drawn thicker;
-    with more than one, a legend names them."""
+    """An inline SVG of precision-recall curves: ``curves`` is a list of ``(label, recall, precision)``; negative
+    or None precisions (undefined points) are skipped. Recall spans 0..1; precision too, unless every point is at
+    0.5 or more: then its axis starts just below the lowest (in steps of 0.05), so a curve between 0.98 and 1 is
+    not a flat line along the top. The first curve is drawn thicker; with more than one, a legend names them."""
     left, right, top, bottom = 48, 16, 16, 40
     plot = size - max(left + right, top + bottom)
     base_y = top + plot
     width = size + (legend_width if len(curves) > 1 else 0)
+    valid = [p for _, _, precision in curves for p in precision if p is not None and p >= 0]
+    lowest = min(valid, default=0.0)
+    y_lo = max(0.0, math.floor(lowest * 20 - 1e-9) / 20) if lowest >= 0.5 else 0.0
+
+    def y_of(p):
+        return base_y - (p - y_lo) / (1.0 - y_lo) * plot
 
     def point(r, p):
-        return f"{left + r * plot:.1f},{base_y - p * plot:.1f}"
+        return f"{left + r * plot:.1f},{y_of(p):.1f}"
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{size}" '
            f'viewBox="0 0 {width} {size}" role="img" aria-label="precision-recall curve">',
@@ -326,7 +333,8 @@ def pr_curve_svg(curves, *, size=320, legend_width=170):
             out.append(f'<text x="{size + 30}" y="{y + 4}">{_e(label)}</text>')
     for tick in (0.0, 0.5, 1.0):
         out.append(f'<text x="{left + tick * plot:.1f}" y="{base_y + 14}" text-anchor="middle">{tick:g}</text>')
-        out.append(f'<text x="{left - 6}" y="{base_y - tick * plot + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    for tick in (y_lo, (y_lo + 1.0) / 2, 1.0):
+        out.append(f'<text x="{left - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end">{tick:.3g}</text>')
     out.append(f'<text x="{left + plot / 2:.1f}" y="{base_y + 32}" text-anchor="middle">recall</text>')
     out.append(f'<text x="12" y="{top + plot / 2:.1f}" text-anchor="middle" '
                f'transform="rotate(-90 12 {top + plot / 2:.1f})">precision</text>')
