@@ -170,14 +170,31 @@ def test_a_multi_image_request_larger_than_batch_size_is_refused(client):
     assert 400 <= result["code"] < 500
 
 
-def test_unknown_model_param_fails_the_app_naming_the_key(tmp_path):
-    app = tmp_path / APP
+def app_copy(root, app_json):
+    """An evals folder under ``root`` holding the app's modules (links) with an app.json of its own."""
+    app = root / APP
     app.mkdir()
     for module in (REPO / "evals" / APP).glob("*.py"):
         (app / module.name).symlink_to(module)
-    (app / "app.json").write_text(json.dumps({"model_params": {"det_thread": 2}}))
+    (app / "app.json").write_text(json.dumps(app_json))
+    return root
+
+
+def test_unknown_model_param_fails_the_app_naming_the_key(tmp_path):
     with pytest.raises(Exception, match="model_params.det_thread is not a setting"):
-        InProcessRunner(tmp_path, APP)
+        InProcessRunner(app_copy(tmp_path, {"model_params": {"det_thread": 2}}), APP)
+
+
+def test_an_unreadable_default_charset_fails_the_app(tmp_path):
+    with pytest.raises(Exception, match="custom_params.default_charset: .*cannot read"):
+        InProcessRunner(app_copy(tmp_path, {"custom_params": {"default_charset": "0123☃"}}), APP)
+
+
+def test_the_default_charset_applies_when_the_request_names_none(tmp_path):
+    body = rendered("MOTOR0101", font="pillow_sans")
+    with InProcessRunner(app_copy(tmp_path, {"custom_params": {"default_charset": "code"}}), APP) as runner:
+        assert runner.infer([{"body": body}])[0]["code_str"] == "M0T0R0101"
+        assert runner.infer([{"body": body}], {"charset": "alnum"})[0]["code_str"] == "MOTOR0101"
 
 
 # ---------------------------------------------------------------------------------------------- batching

@@ -12,7 +12,9 @@ Request
         capitals without I, O and Q, ``hex``) or a literal string of the allowed characters; see
         :mod:`evals.mvi_ocr.charsets`. Decoding picks the best *allowed* character at every step, so a round
         glyph the recogniser takes for ``O`` comes out as ``0`` under ``digits``. Absent: every character the
-        recogniser knows (about 6,600, Chinese included).
+        recogniser knows (about 6,600, Chinese included), unless ``app.json`` sets
+        ``custom_params.default_charset`` (same forms): then that, for callers that cannot send params (the
+        seed's ``ocr_task``).
     ``min_score``
         a number in [0, 1], default 0.5: lines whose score is lower are left out.
 
@@ -36,8 +38,8 @@ Errors
 How it runs
     ``net_preprocess`` (per request, on the worker pool) decodes the image, runs the detector on it and cuts out
     each line's crop, scaled to the recogniser's 48-pixel height. ``net_inference`` gathers the crops of every
-    request of the batch and runs the recogniser ONCE over all of them (right-padded to the widest): lines from
-    concurrent callers share one network call. The angle classifier of the package is not run: codes are read
+    request of the batch and runs the recogniser ONCE over all of them (right-padded to the widest, at least
+    ``rec_min_width``): lines from concurrent callers share one network call. The angle classifier of the package is not run: codes are read
     as printed, within a few degrees of horizontal.
 
 Settings (``app.json`` ``model_params``; unknown keys are refused at start-up, naming the key)
@@ -107,7 +109,9 @@ def create_net(configs):
                                     max_width=settings["rec_max_width"], min_width=settings["rec_min_width"])
     except ValueError as error:
         raise ErrorBase(BAD_REQUEST, f"model_files.rec: {error}") from None
-    model = {"detector": detector, "recognizer": recognizer, "batch_size": int(configs.get("batch_size") or 1)}
+    default_charset = _default_charset(recognizer, configs.get("custom_params") or {})
+    model = {"detector": detector, "recognizer": recognizer, "default_charset": default_charset,
+             "batch_size": int(configs.get("batch_size") or 1)}
     CTX.logger.info("mvi_ocr: det %s, rec %s (%d classes), providers %s, settings %s", paths["det"], paths["rec"],
                     len(recognizer.classes), providers, settings)
     return model, 0, ""
@@ -176,7 +180,7 @@ def _params(model, request):
     unknown = sorted(str(key) for key in params if key not in PARAMS)
     if unknown:
         raise ErrorBase(BAD_REQUEST, f"unknown params {', '.join(unknown)}; mvi_ocr takes {', '.join(PARAMS)}")
-    charset = params.get("charset")
+    charset = params.get("charset", model["default_charset"])
     if charset is not None and not isinstance(charset, str):
         raise ErrorBase(BAD_REQUEST, f"params.charset must be a string (a set name or the allowed characters), "
                                      f"got {type(charset).__name__}")
@@ -231,6 +235,22 @@ def _setting(name, value, kind):
                   "positive": "a number > 0"}[kind]
         raise ErrorBase(BAD_REQUEST, f"model_params.{name} must be {wanted}, got {value!r}")
     return value
+
+
+def _default_charset(recognizer, custom_params):
+    unknown = sorted(set(custom_params) - {"default_charset"})
+    if unknown:
+        raise ErrorBase(BAD_REQUEST, f"custom_params.{unknown[0]} is not a setting of mvi_ocr; known: default_charset")
+    charset = custom_params.get("default_charset")
+    if charset is None:
+        return None
+    try:
+        if not isinstance(charset, str):
+            raise CharsetError(f"must be a string, got {type(charset).__name__}")
+        recognizer.allowed_classes(charset)
+    except CharsetError as error:
+        raise ErrorBase(BAD_REQUEST, f"custom_params.default_charset: {error}") from None
+    return charset
 
 
 def _model_paths(model_files):
