@@ -10,10 +10,15 @@ PORT ?= 9000
 install: $(STAMP)
 
 # torch is pinned to 2.13.0 (a CPU build lies on disk here; an unpinned torch pulls gigabytes of CUDA).
+# rapidocr-onnxruntime pulls in opencv-python, the GUI build (it needs libGL); it and opencv-python-headless both
+# write cv2/, so the last one installed wins: drop the GUI build and reinstall the headless one's files.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip uninstall --quiet -y opencv-python
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "opencv-python-headless==$$($(BIN)/python -c \
+	    'from importlib.metadata import version; print(version("opencv-python-headless"))')"
 	touch $(STAMP)
 
 serve: $(STAMP)

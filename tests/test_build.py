@@ -220,6 +220,8 @@ def test_dockerfile_conventions(device):
     assert parser.args["TORCH_VERSION"] == _torch_pin()
     runs = " ".join(_instructions(parser, "RUN"))
     assert "pip install --no-cache-dir ." in runs
+    # rapidocr-onnxruntime's opencv-python (the GUI build, needing libGL) is swapped for the headless build.
+    assert re.search(r"pip uninstall -y [\w -]*\bopencv-python\b", runs) and '"opencv-python-headless==' in runs
     if device == "cpu":
         assert parser.baseimage == "python:3.11-slim"
         assert "--index-url https://download.pytorch.org/whl/cpu" in runs

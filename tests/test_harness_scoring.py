@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serving.harness import collect_images, format_summary, read_list_file, run_harness
-from serving.harness.report import latency_histogram_svg
+from serving.harness.report import latency_histogram_svg, pr_curve_svg, render_report
 from serving.harness.runner import to_jsonable
 from serving.harness.scoring import (
     ERROR_PREDICTION,
@@ -73,6 +73,39 @@ def test_score_text_falls_back_to_text_key_and_caps_mismatches():
     assert scores["n_mismatches"] == 60
     assert len(scores["mismatches"]) == 50
     assert scores["cer"] == pytest.approx(0.5)
+
+
+def test_text_precision_recall_curve_follows_the_confidence_threshold():
+    labels = {"a.png": "A1", "b.png": "B2", "c.png": "C3", "d.png": "D4", "e.png": "E5", "f.png": ""}
+    predictions = {
+        "a.png": {"code_str": "A1", "score": 0.99},  # right, confident
+        "b.png": {"code_str": "B7", "score": 0.95},  # wrong, confident
+        "c.png": {"code_str": "C3", "score": 0.95},  # right, same confidence as b
+        "d.png": {"code_str": "D4", "score": 0.6},   # right, hesitant
+        "e.png": {"code_str": "", "score": 0.0},     # nothing read: never accepted
+        "f.png": {"code_str": "", "score": 0.0},     # nothing to read: not a positive
+    }
+    curve = score_text(labels, predictions)["pr_curve"]
+    assert curve["threshold"] == [0.99, 0.95, 0.6]
+    assert curve["precision"] == pytest.approx([1.0, 2 / 3, 3 / 4])
+    assert curve["recall"] == pytest.approx([1 / 5, 2 / 5, 3 / 5])
+    assert curve["ap"] == pytest.approx(0.2 * 1.0 + 0.2 * 2 / 3 + 0.2 * 3 / 4)
+    points = {p["threshold"]: p for p in curve["operating_points"]}
+    assert points[0.5] == {"threshold": 0.5, "precision": pytest.approx(3 / 4), "recall": pytest.approx(3 / 5),
+                           "accepted": 4}
+    assert points[0.95] == {"threshold": 0.95, "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 5),
+                            "accepted": 3}
+    assert points[0.99]["accepted"] == 1 and points[0.99]["precision"] == 1.0
+
+
+def test_text_without_confidences_has_no_curve_and_long_curves_are_thinned():
+    assert score_text({"a.png": "A"}, {"a.png": {"code_str": "A"}})["pr_curve"] is None
+    labels = {f"{i}.png": "X" for i in range(1000)}
+    predictions = {f"{i}.png": {"code_str": "X" if i % 3 else "Y", "confidence": i / 1000} for i in range(1000)}
+    curve = score_text(labels, predictions)["pr_curve"]
+    assert len(curve["threshold"]) == len(curve["precision"]) == len(curve["recall"]) == 201
+    assert curve["threshold"][0] == 0.999 and curve["threshold"][-1] == 0.0
+    assert curve["recall"][-1] == pytest.approx(666 / 1000)
 
 
 # ---------------------------------------------------------------------------------------------- class
@@ -189,6 +222,24 @@ def test_perfect_detections_score_map_one():
     assert scores["per_class"]["dent"] == {"ap50": pytest.approx(1.0), "ap": pytest.approx(1.0), "n_gt": 1,
                                            "n_det": 1}
     assert len(scores["pr_curve"]["recall"]) == len(scores["pr_curve"]["precision"]) == 101
+    assert set(scores["pr_curve"]["per_class"]) == {"scratch", "dent"}
+    assert scores["pr_curve"]["per_class"]["dent"][0] == pytest.approx(1.0)
+
+
+def test_report_draws_detection_curves_per_class_with_a_legend():
+    scores = score_results(parse_labels(coco_ground_truth()), perfect_detections())
+    report = render_report({"app": "boxes", "scores": scores}, [{"file": "a.png", "latency_ms": 3.0}])
+    curves = report[report.index("Precision-recall at IoU .5"):]
+    svg = curves[:curves.index("</svg>")]
+    assert svg.count("<polyline") == 3
+    assert ">mean<" in svg and ">scratch<" in svg and ">dent<" in svg
+
+
+def test_pr_curve_svg_zooms_precision_only_when_every_point_is_high():
+    high = pr_curve_svg([("text", [0.2, 0.9], [1.0, 0.985])])
+    assert ">0.95<" in high and ">0.975<" in high and ">1<" in high
+    low = pr_curve_svg([("boxes", [0.2, 0.9, 1.0], [1.0, 0.6, -1.0])])  # -1: undefined, skipped
+    assert ">0<" in low and ">0.5<" in low and low.count(",") == 2
 
 
 def test_detections_below_iou_half_score_zero():

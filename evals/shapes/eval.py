@@ -35,8 +35,9 @@ import numpy as np
 import onnxruntime as ort
 
 from evals.shapes.preprocess import INPUT_SHAPE, preprocess
-from evals.utils import CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler
-from evals.utils.error import ErrorBase, ErrorConfig, ErrorFileNotExist, ErrorOutOfBatchSize
+from evals.utils import (CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler,
+                         request_images)
+from evals.utils.error import ErrorBase, ErrorConfig, ErrorFileNotExist
 
 BAD_REQUEST = 400
 INFERENCE_FAILED = 500
@@ -107,10 +108,8 @@ def create_net(configs):
 @net_preprocess_handler
 def net_preprocess(model, request):
     """Decode and preprocess every image of the request; store each as ``item["image"]``."""
-    items, _ = _request_items(request)
-    if len(items) > model["batch_size"]:
-        # A multi-image request must fit in one batch: net_inference runs it in one forward pass.
-        raise ErrorOutOfBatchSize(model["batch_size"])
+    # A multi-image request must fit in one batch: net_inference runs it in one forward pass.
+    items, _ = request_images(request, model["batch_size"])
     for item in items:
         item["image"] = _image_tensor(item)
     _top_k(model, request)  # fail a bad parameter now, before the request joins a batch
@@ -125,7 +124,7 @@ def net_inference(model, requests):
     spans = []  # (request index, first image in the batch, image count, multi-image?, top_k)
     for index, request in enumerate(requests):
         try:
-            items, multi = _request_items(request)
+            items, multi = request_images(request)
             # Items that went through net_preprocess already hold a checked tensor, and this is cheap
             # for them; without a preprocess step the decoding happens here.
             tensors = [_image_tensor(item) for item in items]
@@ -150,20 +149,6 @@ def net_inference(model, requests):
             results = [_describe(model, row, top_k) for row in probs[start:start + count]]
             rets[index] = {"code": 0, "message": "", "result": {"images": results} if multi else results[0]}
     return rets, 0, ""
-
-
-def _request_items(request):
-    """The request's image dicts as a list, and whether it is a multi-image request."""
-    data = request.get("data") if isinstance(request, dict) else None
-    if isinstance(data, list):
-        if not data:
-            raise ErrorBase(BAD_REQUEST, "multi-image request holds no images")
-        if not all(isinstance(item, dict) for item in data):
-            raise ErrorBase(BAD_REQUEST, "every image of a multi-image request must be a dict")
-        return data, True
-    if isinstance(data, dict):
-        return [data], False
-    raise ErrorBase(BAD_REQUEST, "request has no data")
 
 
 def _image_tensor(item):

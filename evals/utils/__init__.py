@@ -14,10 +14,10 @@ from evals.utils.image import load_image
 Modules: :mod:`~evals.utils.handlers` (the decorators), :mod:`~evals.utils.context` (``CTX``),
 :mod:`~evals.utils.error` (error classes), :mod:`~evals.utils.image` (``load_image``),
 :mod:`~evals.utils.logger` (``logger``), :mod:`~evals.utils.monitor` (response-time histograms),
-:mod:`~evals.utils.helpers` (config and file helpers).
+:mod:`~evals.utils.helpers` (config and file helpers), :mod:`~evals.utils.request` (``request_images``).
 
 ``from evals.utils import *`` gives the decorators, ``CTX``, every error class, the helpers, the monitor
-functions, ``load_image`` and ``logger``. It also gives the standard modules the old package leaked through
+functions, ``request_images``, ``load_image`` and ``logger``. It also gives the standard modules the old package leaked through
 its star import (``csv``, ``functools``, ``json``, ``logging``, ``os``, ``threading``, ``traceback``) and its
 Prometheus names, because existing scripts call e.g. ``traceback.format_exc()`` without importing it.
 
@@ -69,6 +69,7 @@ from evals.utils import error as _error
 from evals.utils import helpers as _helpers
 from evals.utils.image import load_image
 from evals.utils.logger import logger
+from evals.utils.request import request_images
 from evals.utils.monitor import (
     REGISTRY,
     metrics,
@@ -88,7 +89,8 @@ __all__ = [
     "CTX",
     *_error.__all__,
     *_helpers.__all__,
-    # images, logging, monitoring
+    # requests, images, logging, monitoring
+    "request_images",
     "load_image",
     "logger",
     "monitor_rt_load",

@@ -27,6 +27,9 @@ svg text { font-family: system-ui, sans-serif; font-size: 11px; fill: #1d232a; }
 """
 
 _MARK_COLOURS = {"p50": "#2563eb", "p90": "#d97706", "p99": "#dc2626"}
+# Curve colours, in order; the first curve (the mean, or the only one) is also drawn thicker.
+_CURVE_COLOURS = ("#1d4ed8", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#be185d", "#65a30d",
+                  "#475569", "#b45309")
 
 
 def write_report(path, summary, records):
@@ -141,8 +144,28 @@ def _text_scores(scores, coverage):
              _cell(_num(m.get("edits")), numeric=True)] for m in scores.get("mismatches", [])]
     return "\n".join([
         _headline_table(headline),
+        _text_pr_section(scores),
         _mismatch_heading(scores),
         _table(["file", "expected", "predicted", "edits"], rows) if rows else "<p>None.</p>",
+    ])
+
+
+def _text_pr_section(scores):
+    curve = scores.get("pr_curve")
+    if not curve:
+        return ('<p class="none">No precision-recall curve: the results carry no confidence '
+                "(<code>score</code> or <code>confidence</code>).</p>")
+    points = [[_cell(_num(p["threshold"], 2), numeric=True), _cell(_pct(p["precision"]), numeric=True),
+               _cell(_pct(p["recall"]), numeric=True), _cell(_num(p["accepted"]), numeric=True)]
+              for p in curve.get("operating_points", [])]
+    key = _e(scores.get("score_key") or "score")
+    return "\n".join([
+        f"<h3>Precision-recall as the threshold on <code>{key}</code> moves</h3>",
+        "<p>Accepted: reads whose confidence reaches the threshold. Precision: share of accepted reads that are "
+        "exactly right; recall: share of labelled images read exactly right and accepted. Average precision "
+        f"{_num(curve.get('ap'), 4)}.</p>",
+        pr_curve_svg([("text", curve["recall"], curve["precision"])]),
+        _table(["threshold", "precision", "recall", "accepted"], points),
     ])
 
 
@@ -193,8 +216,9 @@ def _detection_scores(scores, coverage):
     ]
     curve = scores.get("pr_curve")
     if curve:
-        parts += ["<h3>Precision-recall at IoU .5 (mean over classes)</h3>",
-                  pr_curve_svg(curve["recall"], curve["precision"])]
+        curves = [("mean", curve["recall"], curve["precision"])]
+        curves += [(name, curve["recall"], precision) for name, precision in (curve.get("per_class") or {}).items()]
+        parts += ["<h3>Precision-recall at IoU .5 (per class and their mean)</h3>", pr_curve_svg(curves)]
     return "\n".join(parts)
 
 
@@ -274,23 +298,43 @@ def latency_histogram_svg(latencies_ms, marks=None, *, max_bins=40, width=760, h
     return "\n".join(out)
 
 
-def pr_curve_svg(recall, precision, *, size=320):
-    """An inline SVG precision-recall curve; both axes span 0..1."""
+def pr_curve_svg(curves, *, size=320, legend_width=170):
+    """An inline SVG of precision-recall curves: ``curves`` is a list of ``(label, recall, precision)``; negative
+    or None precisions (undefined points) are skipped. Recall spans 0..1; precision too, unless every point is at
+    0.5 or more: then its axis starts just below the lowest (in steps of 0.05), so a curve between 0.98 and 1 is
+    not a flat line along the top. The first curve is drawn thicker; with more than one, a legend names them."""
     left, right, top, bottom = 48, 16, 16, 40
     plot = size - max(left + right, top + bottom)
     base_y = top + plot
+    width = size + (legend_width if len(curves) > 1 else 0)
+    valid = [p for _, _, precision in curves for p in precision if p is not None and p >= 0]
+    lowest = min(valid, default=0.0)
+    y_lo = max(0.0, math.floor(lowest * 20 - 1e-9) / 20) if lowest >= 0.5 else 0.0
+
+    def y_of(p):
+        return base_y - (p - y_lo) / (1.0 - y_lo) * plot
 
     def point(r, p):
-        return f"{left + r * plot:.1f},{base_y - p * plot:.1f}"
+        return f"{left + r * plot:.1f},{y_of(p):.1f}"
 
-    points = " ".join(point(r, p) for r, p in zip(recall, precision) if p is not None and p >= 0)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
-           f'viewBox="0 0 {size} {size}" role="img" aria-label="precision-recall curve">',
-           f'<rect x="{left}" y="{top}" width="{plot}" height="{plot}" fill="none" stroke="#d5dbe1"/>',
-           f'<polyline points="{points}" fill="none" stroke="#2563eb" stroke-width="2"/>']
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{size}" '
+           f'viewBox="0 0 {width} {size}" role="img" aria-label="precision-recall curve">',
+           f'<rect x="{left}" y="{top}" width="{plot}" height="{plot}" fill="none" stroke="#d5dbe1"/>']
+    for index, (label, recall, precision) in enumerate(curves):
+        colour = _CURVE_COLOURS[index % len(_CURVE_COLOURS)]
+        points = " ".join(point(r, p) for r, p in zip(recall, precision) if p is not None and p >= 0)
+        stroke = 2.5 if index == 0 else 1.5
+        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="{stroke}">'
+                   f"<title>{_e(label)}</title></polyline>")
+        if len(curves) > 1:
+            y = top + 8 + 16 * index
+            out.append(f'<line x1="{size + 4}" y1="{y}" x2="{size + 24}" y2="{y}" stroke="{colour}" '
+                       f'stroke-width="{stroke}"/>')
+            out.append(f'<text x="{size + 30}" y="{y + 4}">{_e(label)}</text>')
     for tick in (0.0, 0.5, 1.0):
         out.append(f'<text x="{left + tick * plot:.1f}" y="{base_y + 14}" text-anchor="middle">{tick:g}</text>')
-        out.append(f'<text x="{left - 6}" y="{base_y - tick * plot + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    for tick in (y_lo, (y_lo + 1.0) / 2, 1.0):
+        out.append(f'<text x="{left - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end">{tick:.3g}</text>')
     out.append(f'<text x="{left + plot / 2:.1f}" y="{base_y + 32}" text-anchor="middle">recall</text>')
     out.append(f'<text x="12" y="{top + plot / 2:.1f}" text-anchor="middle" '
                f'transform="rotate(-90 12 {top + plot / 2:.1f})">precision</text>')

@@ -234,6 +234,8 @@ def format_scores(scores):
     coverage = f"{scores['n_scored']} scored, {scores['n_unlabelled']} unlabelled"
     if task == scoring.TASK_TEXT:
         head = f"exact match {_percent(scores['exact_match'])}, CER {_percent(scores['cer'])}"
+        if scores.get("pr_curve"):
+            head += f", precision-recall AP {_number(scores['pr_curve']['ap'], 3)}"
     elif task == scoring.TASK_CLASS:
         head = f"accuracy {_percent(scores['accuracy'])}"
     else:

@@ -14,13 +14,17 @@ keyed ``img_001.png`` score a run over ``lot7/img_001.png``.
 Tasks and what the app's result must hold:
 
 - text: the string under ``code_str`` (else ``text``). Scores: exact match (sequence accuracy) and character
-  error rate = total Levenshtein edits / total reference characters.
+  error rate = total Levenshtein edits / total reference characters. When results also carry a confidence
+  (``score``, else ``confidence``: a number), a precision-recall curve as the threshold on it moves: at a
+  threshold, the *accepted* images are those whose confidence reaches it and whose text is not empty; precision
+  = correct accepted / accepted, recall = correct accepted / images whose label is not empty. It shows what a
+  line that rejects low-confidence reads (and sends them to a person) buys.
 - class: the class under ``class`` (else ``label``). Scores: top-1 accuracy, per-class accuracy, and a
   confusion matrix ``confusion[expected][predicted] = count``.
 - detection: a list under ``detections`` (else ``boxes``) of ``{"box" or "bbox": [x1, y1, x2, y2] in pixels,
   "score": float, "class": category name or "category_id": int}``. Note the box is corner-to-corner (x1y1x2y2),
   not COCO's xywh; it is converted. Scores: COCO mAP@[.5:.95], mAP@.5 and per-class AP, computed by
-  pycocotools' COCOeval.
+  pycocotools' COCOeval, and COCO's precision-recall curve at IoU .5, per class and averaged.
 
 Auto-detection (``task=None``): COCO labels mean detection. For a name->string mapping, the first successful
 result holding any of ``code_str``/``text``/``class``/``label`` decides: a text key means text, else a class key
@@ -47,6 +51,7 @@ TASK_DETECTION = "detection"
 TASKS = (TASK_TEXT, TASK_CLASS, TASK_DETECTION)
 
 TEXT_KEYS = ("code_str", "text")
+TEXT_SCORE_KEYS = ("score", "confidence")
 CLASS_KEYS = ("class", "label")
 DETECTION_KEYS = ("detections", "boxes")
 
@@ -59,6 +64,10 @@ ERROR_PREDICTION = "(error)"
 NO_PREDICTION = "(none)"
 
 MAX_MISMATCHES = 50
+# Points kept of a text precision-recall curve (one per distinct confidence otherwise): enough to draw it.
+MAX_CURVE_POINTS = 201
+# Confidence thresholds the text scores report precision and recall at.
+OPERATING_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99)
 DEFAULT_MAX_DETECTIONS = 100
 
 
@@ -252,15 +261,18 @@ def _labelled(labels, predictions, matched):
 
 
 def score_text(labels, predictions, *, text_key=None, max_mismatches=MAX_MISMATCHES):
-    """Exact-match accuracy and CER of text results against {file name: expected string}.
+    """Exact-match accuracy, CER and the confidence precision-recall curve of text results against {file name:
+    expected string}.
 
     A successful result without text reads as "" (so an empty label, "nothing to read", can be right); a
-    failed instance is wrong and all its reference characters count as edits.
+    failed instance is wrong and all its reference characters count as edits. "pr_curve" is None when no result
+    carries a confidence (see `text_pr_curve`).
     """
     matched = match_names(predictions.keys(), labels.keys())
     n_scored = n_correct = total_edits = total_chars = 0
     mismatches = []
     n_mismatches = 0
+    reads = []  # (confidence, predicted text, correct, label not empty) of every scored image
     for name, expected, result in _labelled(labels, predictions, matched):
         predicted = text_prediction(result, text_key)
         edits = Levenshtein.distance(expected, predicted or "")
@@ -269,6 +281,7 @@ def score_text(labels, predictions, *, text_key=None, max_mismatches=MAX_MISMATC
         n_correct += correct
         total_edits += edits
         total_chars += len(expected)
+        reads.append((text_confidence(result), predicted or "", correct, bool(expected)))
         if not correct:
             n_mismatches += 1
             if len(mismatches) < max_mismatches:
@@ -286,7 +299,74 @@ def score_text(labels, predictions, *, text_key=None, max_mismatches=MAX_MISMATC
         "total_reference_chars": total_chars,
         "n_mismatches": n_mismatches,
         "mismatches": mismatches,
+        "score_key": _first_key_used(predictions, TEXT_SCORE_KEYS),
+        "pr_curve": text_pr_curve(reads),
     }
+
+
+def text_confidence(result):
+    """The confidence a text result reports (``score``, else ``confidence``) as a float, or None."""
+    if not result:
+        return None
+    for key in TEXT_SCORE_KEYS:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def text_pr_curve(reads):
+    """Precision and recall of text reads as the confidence threshold moves; None without any confidence.
+
+    ``reads`` holds one ``(confidence or None, predicted text, correct, label not empty)`` per scored image. At
+    threshold t the accepted reads are those with a confidence >= t and a non-empty text. Returns thresholds
+    (descending), precision and recall (at most MAX_CURVE_POINTS of them), "ap" (the area under the curve as a
+    step function, as scikit-learn's average precision) and "operating_points": precision, recall and the
+    accepted count at each of OPERATING_THRESHOLDS.
+    """
+    if not any(confidence is not None for confidence, _, _, _ in reads):
+        return None
+    n_positive = sum(1 for *_, has_label in reads if has_label)
+    candidates = sorted(((confidence, correct) for confidence, text, correct, _ in reads
+                         if confidence is not None and text), key=lambda read: -read[0])
+    thresholds, precision, recall, accepted_counts = [], [], [], []
+    accepted = correct_accepted = 0
+    for index, (confidence, correct) in enumerate(candidates):
+        accepted += 1
+        correct_accepted += correct
+        if index + 1 < len(candidates) and candidates[index + 1][0] == confidence:
+            continue  # one point per distinct threshold, after all reads at it
+        thresholds.append(confidence)
+        precision.append(correct_accepted / accepted)
+        recall.append(correct_accepted / n_positive if n_positive else 0.0)
+        accepted_counts.append(accepted)
+    ap = sum((r - r_before) * p for r, r_before, p in zip(recall, [0.0] + recall[:-1], precision))
+    operating_points = []
+    for threshold in OPERATING_THRESHOLDS:
+        # The lowest threshold at or above the asked one is where the curve stands there.
+        at = [i for i, t in enumerate(thresholds) if t >= threshold]
+        i = at[-1] if at else None
+        operating_points.append({
+            "threshold": threshold,
+            "precision": precision[i] if i is not None else None,
+            "recall": recall[i] if i is not None else 0.0,
+            "accepted": accepted_counts[i] if i is not None else 0,
+        })
+    keep = _spread(len(thresholds), MAX_CURVE_POINTS)
+    return {
+        "threshold": [thresholds[i] for i in keep],
+        "precision": [precision[i] for i in keep],
+        "recall": [recall[i] for i in keep],
+        "ap": ap if candidates else 0.0,
+        "operating_points": operating_points,
+    }
+
+
+def _spread(n, limit):
+    """At most ``limit`` indices of range(n), evenly spread, first and last included."""
+    if n <= limit:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / (limit - 1))) for i in range(limit)})
 
 
 # ---------------------------------------------------------------------------------------------- class
@@ -401,7 +481,8 @@ def score_detection(coco, predictions, *, max_detections=DEFAULT_MAX_DETECTIONS)
     Only the labelled images of the run are evaluated (images of the label file that were not run are not
     counted as misses). Per-class AP is None for a category without ground truth boxes in those images
     (COCO's convention); with no detections at all every AP is 0.0 (None without any ground truth).
-    "pr_curve" holds precision at IoU .5 per recall threshold, averaged over the categories with ground truth.
+    "pr_curve" holds COCO's interpolated precision at IoU .5 per recall threshold, averaged over the categories
+    with ground truth ("precision") and per category ("per_class": {name: precision list}).
     """
     gt = normalize_coco(coco)
     image_ids_by_name = {image["file_name"]: image["id"] for image in gt["images"]}
@@ -463,7 +544,7 @@ def score_detection(coco, predictions, *, max_detections=DEFAULT_MAX_DETECTIONS)
         "map": _valid_stat(stats[0]),
         "map50": _valid_stat(stats[1]),
         "per_class": per_class,
-        "pr_curve": _pr_curve(precision, recall_thresholds),
+        "pr_curve": _pr_curve(precision, recall_thresholds, [names[cid] for cid in category_order]),
     }
 
 
@@ -498,7 +579,7 @@ def _valid_stat(value):
     return float(value) if value > -1 else None
 
 
-def _pr_curve(precision, recall_thresholds):
+def _pr_curve(precision, recall_thresholds, category_names):
     at_iou50 = precision[0, :, :, 0, -1]  # [recall threshold, category]
     with_gt = [k for k in range(at_iou50.shape[1]) if np.all(at_iou50[:, k] > -1)]
     if not with_gt:
@@ -507,6 +588,7 @@ def _pr_curve(precision, recall_thresholds):
         "iou": 0.5,
         "recall": [float(r) for r in recall_thresholds],
         "precision": [float(p) for p in at_iou50[:, with_gt].mean(axis=1)],
+        "per_class": {category_names[k]: [float(p) for p in at_iou50[:, k]] for k in with_gt},
     }
 
 
