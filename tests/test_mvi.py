@@ -1,5 +1,6 @@
 """Seed 000's MVI calls on a real server (the built-in apps mvi_ocr and mvi_defect), with the seed's client code:
 initial_defect_task, ocr_task, defect_detect_task, and every bad input the issue names."""
+import json
 import shutil
 import urllib.request
 
@@ -7,6 +8,7 @@ import cv2
 import pytest
 
 from conftest import REPO, RunningServer, wait_until
+from evals.mvi_ocr import data as ocr_data
 from serving.proto import mvp_pb2, mvp_pb2_grpc
 from serving.store import Store
 from serving.synth.products import make_products
@@ -26,6 +28,10 @@ def env(tmp_path_factory):
     evals = root / "evals"
     for app in ("mvi_ocr", "mvi_defect"):
         shutil.copytree(REPO / "evals" / app, evals / app)
+    # As a deployment whose product codes use the "code" alphabet configures it: ocr_task sends no params.
+    config = json.loads((evals / "mvi_ocr" / "app.json").read_text())
+    config.setdefault("custom_params", {})["default_charset"] = "code"
+    (evals / "mvi_ocr" / "app.json").write_text(json.dumps(config))
     data_dir = root / "var"
     # Products on held-out surfaces: an NG one (a defective view among clean ones) and an OK one.
     products = make_products(12, seed=7, views=3)
@@ -35,11 +41,12 @@ def env(tmp_path_factory):
         ids = {(p.product_id, view_id): store.put_image(_png(image))
                for p in (ng, ok) for view_id, image, _ in p.views}
         blob_id = store.put_blob(b"not an image at all", kind="blob")
+        codes = [(store.put_image(_png(image)), text) for _, image, text in ocr_data.generate(3, seed=11)]
     server = RunningServer(["--evals", str(evals), "--data-dir", str(data_dir), "--metrics-port", "0"])
     conn = server.channel()
     client = mvp_pb2_grpc.FormatDataStub(channel=conn)  # the seed's client
     yield {"server": server, "client": client, "ids": ids, "ng": ng, "ok": ok, "blob": blob_id,
-           "data_dir": data_dir}
+           "data_dir": data_dir, "codes": codes}
     conn.close()
     server.stop()
 
@@ -124,8 +131,15 @@ def test_defect_detect_task_bad_input(env):
     assert status == 400 and "more than once" in message
 
 
+def test_ocr_task_reads_stored_product_codes(env):
+    for image_id, text in env["codes"]:
+        res = env["client"].ocr_task(mvp_pb2.OcrRequestParam(img_mongo_id=image_id), timeout=TIMEOUT)
+        assert (res.res_code, res.res_msg, res.code_str) == (0, "OK", text)
+
+
 def test_ocr_task_bad_input(env):
     client = env["client"]
-    for image_id, expected in (("f" * 24, 404), ("nope", 400), (env["blob"], 400)):
+    # The seed's example id is one this store does not hold.
+    for image_id, expected in (("5b87df87c55e4f0b89a6c364", 404), ("nope", 400), (env["blob"], 400)):
         res = client.ocr_task(mvp_pb2.OcrRequestParam(img_mongo_id=image_id), timeout=TIMEOUT)
         assert res.res_code == expected and res.res_msg and res.code_str == ""
