@@ -24,59 +24,47 @@ product with 400 naming the view: a verdict needs every view.
 import numpy as np
 
 from evals.utils import CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler
-from evals.utils.error import ErrorBase, ErrorConfig, ErrorOutOfBatchSize
+from evals.utils.error import ErrorBase
 from evals.utils.onnx import onnx_session
-from serving.training.detector_ops import decode, preprocess, to_detections
+from evals.utils.request import request_images
+from serving.training.detector_ops import (app_settings, check_fraction, check_model_input, decode, preprocess,
+                                           to_detections)
 
 BAD_REQUEST = 400
 INFERENCE_FAILED = 500
+# Listing and verdict threshold when app.json names none (build_model.py writes the tuned ones).
+DEFAULT_SCORE_THRESHOLD = 0.3
 
 
-def _threshold(value, where):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ErrorBase(BAD_REQUEST, f"{where} must be a number in [0, 1], got {value!r}")
-    return float(value)
+def _fraction(value, where):
+    try:
+        return check_fraction(value, where)
+    except ValueError as error:
+        raise ErrorBase(BAD_REQUEST, str(error)) from None
 
 
 @create_net_handler
 def create_net(configs):
+    session = onnx_session(configs)  # model_files.model; one thread, no spinning, CUDA for use_device GPU
     custom = configs.get("custom_params") or {}
-    classes = custom.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ErrorConfig("custom_params.classes")
-    input_size = custom.get("input_size")
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
-        raise ErrorBase(BAD_REQUEST, f"custom_params.input_size must be an integer >= 32, got {input_size!r}")
-    top_k = custom.get("top_k", 100)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ErrorBase(BAD_REQUEST, f"custom_params.top_k must be a positive integer, got {top_k!r}")
-    session = onnx_session(configs)
-    model_input = session.get_inputs()[0]
-    if list(model_input.shape[1:]) != [3, input_size, input_size]:
-        raise ErrorBase(BAD_REQUEST, f"model input has shape {model_input.shape}, custom_params.input_size is "
-                                     f"{input_size}")
-    heatmap = session.get_outputs()[0]
-    if isinstance(heatmap.shape[1], int) and heatmap.shape[1] != len(classes):
-        raise ErrorBase(BAD_REQUEST, f"the model detects {heatmap.shape[1]} classes, custom_params.classes lists "
-                                     f"{len(classes)}")
-    model = {
-        "session": session, "input_name": model_input.name,
-        "output_names": [output.name for output in session.get_outputs()], "classes": classes,
-        "input_size": input_size, "top_k": top_k, "batch_size": int(configs.get("batch_size") or 1),
-        "score_threshold": _threshold(custom.get("score_threshold", 0.3), "custom_params.score_threshold"),
-        "ng_threshold": _threshold(custom.get("ng_threshold", 0.3), "custom_params.ng_threshold"),
-    }
-    CTX.logger.info("mvi_defect: %d classes, input %d, NG threshold %.3f, batch_size %d", len(classes), input_size,
-                    model["ng_threshold"], model["batch_size"])
+    try:
+        model = app_settings({"score_threshold": DEFAULT_SCORE_THRESHOLD, **custom})
+        check_model_input(session, model["input_size"], len(model["classes"]))
+        model["ng_threshold"] = check_fraction(custom.get("ng_threshold", DEFAULT_SCORE_THRESHOLD),
+                                               "custom_params.ng_threshold")
+    except ValueError as error:
+        raise ErrorBase(BAD_REQUEST, str(error)) from None
+    model.update(session=session, input_name=session.get_inputs()[0].name,
+                 output_names=[output.name for output in session.get_outputs()],
+                 batch_size=int(configs.get("batch_size") or 1))
+    CTX.logger.info("mvi_defect: %d classes, input %d, NG threshold %.3f, batch_size %d", len(model["classes"]),
+                    model["input_size"], model["ng_threshold"], model["batch_size"])
     return model, 0, ""
 
 
-def _views(request):
-    """The product's view dicts, each with its "view_id"."""
-    data = request.get("data") if isinstance(request, dict) else None
-    views = data if isinstance(data, list) else [data] if isinstance(data, dict) else None
-    if not views or not all(isinstance(view, dict) for view in views):
-        raise ErrorBase(BAD_REQUEST, "a product needs data: one view dict or a non-empty list of them")
+def _views(request, batch_size=None):
+    """The product's view dicts, each with its "view_id" (400 for a malformed product or a repeated view id)."""
+    views, _ = request_images(request, batch_size)
     seen = set()
     for index, view in enumerate(views):
         if "view_id" not in view:
@@ -96,8 +84,8 @@ def _params(model, request):
     params = request.get("params") or {}
     if not isinstance(params, dict):
         raise ErrorBase(BAD_REQUEST, f"params must be an object, got {type(params).__name__}")
-    return (_threshold(params.get("score_threshold", model["score_threshold"]), "params.score_threshold"),
-            _threshold(params.get("ng_threshold", model["ng_threshold"]), "params.ng_threshold"))
+    return (_fraction(params.get("score_threshold", model["score_threshold"]), "params.score_threshold"),
+            _fraction(params.get("ng_threshold", model["ng_threshold"]), "params.ng_threshold"))
 
 
 def _prepare(model, view):
@@ -116,9 +104,7 @@ def _prepare(model, view):
 
 @net_preprocess_handler
 def net_preprocess(model, request):
-    views = _views(request)
-    if len(views) > model["batch_size"]:
-        raise ErrorOutOfBatchSize(model["batch_size"])
+    views = _views(request, model["batch_size"])
     _params(model, request)  # a bad parameter fails now, before the product joins a batch
     for view in views:
         _prepare(model, view)

@@ -102,6 +102,42 @@ def decode(heatmap, size, offset, scale=(1.0, 1.0), score_threshold=DEFAULT_SCOR
     return boxes.reshape(-1, 4), scores.astype(np.float32), classes.astype(np.int64)
 
 
+def check_fraction(value, where):
+    """`value` as a float in [0, 1] (a score threshold); ValueError naming `where` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{where} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def app_settings(custom_params):
+    """The detector settings of an app's ``custom_params``, checked: ``{"classes", "input_size",
+    "score_threshold", "top_k"}`` (defaults DEFAULT_SCORE_THRESHOLD and DEFAULT_TOP_K). ValueError names the
+    bad key; the apps answer it as 400 at load."""
+    classes = custom_params.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"custom_params.classes must be a list of class names, got {classes!r}")
+    input_size = custom_params.get("input_size")
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
+        raise ValueError(f"custom_params.input_size must be an integer >= 32, got {input_size!r}")
+    top_k = custom_params.get("top_k", DEFAULT_TOP_K)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"custom_params.top_k must be a positive integer, got {top_k!r}")
+    score_threshold = check_fraction(custom_params.get("score_threshold", DEFAULT_SCORE_THRESHOLD),
+                                     "custom_params.score_threshold")
+    return {"classes": list(classes), "input_size": input_size, "score_threshold": score_threshold, "top_k": top_k}
+
+
+def check_model_input(session, input_size, n_classes):
+    """ValueError unless an ONNX Runtime session of this detector takes 3 x input_size x input_size images and
+    predicts n_classes heatmaps (a model rebuilt with other settings fails at load, not on a request)."""
+    model_input = session.get_inputs()[0]
+    if list(model_input.shape[1:]) != [3, input_size, input_size]:
+        raise ValueError(f"model input has shape {model_input.shape}, custom_params.input_size is {input_size}")
+    heatmap = session.get_outputs()[0]
+    if isinstance(heatmap.shape[1], int) and heatmap.shape[1] != n_classes:
+        raise ValueError(f"the model detects {heatmap.shape[1]} classes, custom_params.classes lists {n_classes}")
+
+
 def to_detections(boxes, scores, classes, class_names):
     """The app's result list: ``[{"box": [x1, y1, x2, y2], "score": float, "class": name}, ...]``."""
     return [

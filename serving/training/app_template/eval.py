@@ -17,15 +17,14 @@ Requests: ``{"data": {"uri" | "body": ...}, "params": {"score_threshold": float}
 "score": float, "class": name}, ...]}`` in image pixels, best first; ``{"images": [...]}`` for a multi-image
 request. A bad image fails only its own request, with code 400.
 """
-import os
-
 import numpy as np
-import onnxruntime as ort
 
 from evals.utils import CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler
-from evals.utils.error import ErrorBase, ErrorConfig, ErrorFileNotExist, ErrorOutOfBatchSize
+from evals.utils.error import ErrorBase
+from evals.utils.onnx import onnx_session
+from evals.utils.request import request_images
 
-from .detector_ops import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, decode, preprocess, to_detections
+from .detector_ops import app_settings, check_fraction, check_model_input, decode, preprocess, to_detections
 
 BAD_REQUEST = 400
 INFERENCE_FAILED = 500
@@ -34,51 +33,24 @@ INFERENCE_FAILED = 500
 @create_net_handler
 def create_net(configs):
     """Open the ONNX model and return ``(model, 0, "")``; a config problem is reported as a 400."""
-    model_path = (configs.get("model_files") or {}).get("model")
-    if not model_path:
-        raise ErrorConfig("model_files.model")
-    if not os.path.isfile(model_path):
-        raise ErrorFileNotExist(model_path)
-    custom = configs.get("custom_params") or {}
-    classes = custom.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ErrorBase(BAD_REQUEST, f"custom_params.classes must be a list of class names, got {classes!r}")
-    input_size = custom.get("input_size")
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
-        raise ErrorBase(BAD_REQUEST, f"custom_params.input_size must be an integer >= 32, got {input_size!r}")
-    score_threshold = _threshold(custom.get("score_threshold", DEFAULT_SCORE_THRESHOLD), "custom_params")
-    top_k = custom.get("top_k", DEFAULT_TOP_K)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ErrorBase(BAD_REQUEST, f"custom_params.top_k must be a positive integer, got {top_k!r}")
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int((configs.get("model_params") or {}).get("intra_op_threads", 1))
-    # One inference runs at a time, so a second inter-op thread would only idle; idle ORT threads spin
-    # by default, burning a core the preprocess workers need.
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    model_input = session.get_inputs()[0]
-    if list(model_input.shape[1:]) != [3, input_size, input_size]:
-        raise ErrorBase(BAD_REQUEST, f"model input has shape {model_input.shape}, but custom_params.input_size "
-                                     f"is {input_size}")
-    model = {
-        "session": session, "input_name": model_input.name,
-        "output_names": [output.name for output in session.get_outputs()],
-        "classes": list(classes), "input_size": input_size, "score_threshold": score_threshold,
-        "top_k": top_k, "batch_size": int(configs.get("batch_size") or 1),
-    }
-    CTX.logger.info("detector: loaded %s (%d classes, input %d, batch_size %d)", model_path, len(classes),
-                    input_size, model["batch_size"])
+    session = onnx_session(configs)  # model_files.model; one thread, no spinning, CUDA for use_device GPU
+    try:
+        model = app_settings(configs.get("custom_params") or {})
+        check_model_input(session, model["input_size"], len(model["classes"]))
+    except ValueError as error:
+        raise ErrorBase(BAD_REQUEST, str(error)) from None
+    model.update(session=session, input_name=session.get_inputs()[0].name,
+                 output_names=[output.name for output in session.get_outputs()],
+                 batch_size=int(configs.get("batch_size") or 1))
+    CTX.logger.info("detector: %d classes, input %d, batch_size %d", len(model["classes"]), model["input_size"],
+                    model["batch_size"])
     return model, 0, ""
 
 
 @net_preprocess_handler
 def net_preprocess(model, request):
     """Decode and preprocess every image of the request (``item["tensor"]``, ``item["scale"]``, ``item["size"]``)."""
-    items, _ = _request_items(request)
-    if len(items) > model["batch_size"]:
-        raise ErrorOutOfBatchSize(model["batch_size"])
+    items, _ = request_images(request, model["batch_size"])
     for item in items:
         _prepare(model, item)
     _request_threshold(model, request)  # fail a bad parameter now, before the request joins a batch
@@ -92,7 +64,7 @@ def net_inference(model, requests):
     tensors, spans = [], []
     for index, request in enumerate(requests):
         try:
-            items, multi = _request_items(request)
+            items, multi = request_images(request)
             for item in items:
                 _prepare(model, item)
             threshold = _request_threshold(model, request)
@@ -130,17 +102,6 @@ def _prepare(model, item):
     item["size"] = (image.shape[1], image.shape[0])
 
 
-def _request_items(request):
-    data = request.get("data") if isinstance(request, dict) else None
-    if isinstance(data, list):
-        if not data or not all(isinstance(item, dict) for item in data):
-            raise ErrorBase(BAD_REQUEST, "a multi-image request must hold a non-empty list of image dicts")
-        return data, True
-    if isinstance(data, dict):
-        return [data], False
-    raise ErrorBase(BAD_REQUEST, "request has no data")
-
-
 def _request_threshold(model, request):
     params = request.get("params") or {}
     if not isinstance(params, dict):
@@ -151,6 +112,7 @@ def _request_threshold(model, request):
 
 
 def _threshold(value, where):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ErrorBase(BAD_REQUEST, f"{where}.score_threshold must be a number in [0, 1], got {value!r}")
-    return float(value)
+    try:
+        return check_fraction(value, f"{where}.score_threshold")
+    except ValueError as error:
+        raise ErrorBase(BAD_REQUEST, str(error)) from None
