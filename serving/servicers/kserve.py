@@ -121,7 +121,7 @@ def _tensor_shape(tensor, where):
     if not shape:
         raise ServingError(BAD_REQUEST, f"{where}: a scalar shape has no instances; the first dimension is the "
                                         "number of instances")
-    if any(dim < 0 for dim in shape):
+    if min(shape) < 0:
         raise ServingError(BAD_REQUEST, f"{where}: negative dimension in shape {list(shape)}")
     return shape
 
@@ -259,6 +259,7 @@ class _Unset:
 
 
 _UNSET = _Unset()
+_NO_RESULT = {}  # the result of a failed instance (never modified)
 
 
 def _result_dict(outcome):
@@ -278,89 +279,143 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _datatype_of(dtype):
+    """The KServe datatype of a numpy dtype, or None when the protocol has no tensor of it. Looked up by the
+    dtype object first: `dtype.name` costs microseconds, and this runs per result key of every call."""
+    datatype = _DATATYPE_BY_DTYPE.get(dtype)
+    if datatype is None:
+        datatype = _DATATYPE_OF.get(dtype.name)
+        if datatype is not None:
+            _DATATYPE_BY_DTYPE[dtype] = datatype  # bounded: supported dtypes only
+    return datatype
+
+
+_DATATYPE_BY_DTYPE = {}
+_NUMPY_VALUE = (np.ndarray, np.generic)
+
+
 def _tensor_like(values):
     """(dtype, shape) when every value is a numpy array/scalar of one supported dtype and one shape, else None."""
     first = values[0]
-    if not isinstance(first, (np.ndarray, np.generic)) or first.dtype.name not in _DATATYPE_OF:
+    if not isinstance(first, _NUMPY_VALUE) or _datatype_of(first.dtype) is None:
         return None
     dtype, shape = first.dtype, first.shape
-    for value in values[1:]:
-        if not isinstance(value, (np.ndarray, np.generic)) or value.dtype != dtype or value.shape != shape:
+    for index in range(1, len(values)):
+        value = values[index]
+        if (not isinstance(value, _NUMPY_VALUE) or value.shape != shape
+                or (value.dtype is not dtype and value.dtype != dtype)):
             return None
     return dtype, shape
 
 
-def _tensor_output(name, dtype, shape, results, ok):
-    stacked = np.zeros((len(results), *shape), dtype=dtype.newbyteorder("<"))
+def _tensor_kind(name, results, ok, n_ok):
+    """`_tensor_like` of key `name` when every successful instance has it, else None."""
+    if not n_ok:
+        return None
+    values = []
+    for result, good in zip(results, ok):
+        if good:
+            value = result.get(name, _UNSET)
+            if value is _UNSET:
+                return None
+            values.append(value)
+    return _tensor_like(values)
+
+
+def _tensor_raw(name, dtype, shape, results, ok):
+    """The little-endian bytes of key `name` stacked over the instances; rows of failed instances are zeros."""
+    little = dtype.newbyteorder("<")
+    if len(results) == 1 and ok[0]:
+        return np.asarray(results[0][name], dtype=little).tobytes()
+    if all(ok):
+        return np.stack([result[name] for result in results]).astype(little, copy=False).tobytes()
+    stacked = np.zeros((len(results), *shape), dtype=little)
     for i, result in enumerate(results):
         if ok[i]:
             stacked[i] = result[name]
-    tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=_DATATYPE_OF[dtype.name],
-                                                     shape=stacked.shape)
-    return tensor, stacked.tobytes()
+    return stacked.tobytes()
 
 
-def _bytes_output(name, elements):
-    tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=BYTES, shape=[len(elements)])
-    return tensor, join_bytes_elements(elements)
+def _json_column(name, results, ok, outcomes):
+    """Each instance's value of key `name` as JSON bytes (`null` where failed or absent). An instance whose value
+    cannot be encoded fails (500): its outcome and `ok` entry are replaced."""
+    column = []
+    for i, result in enumerate(results):
+        value = result.get(name, _UNSET) if ok[i] else _UNSET
+        if value is _UNSET:
+            column.append(_NULL)
+            continue
+        try:
+            column.append(json.dumps(value, default=_json_default).encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            outcomes[i] = Outcome(code=INTERNAL, message=f"result {name!r} cannot be sent: {exc}")
+            ok[i] = False
+            column.append(_NULL)
+    return column
+
+
+def _empty_elements_raw(count):
+    """The raw contents of a BYTES tensor of `count` empty elements (or an INT32 tensor of zeros)."""
+    return bytes(4 * count)
+
+
+_STATUS_OUTPUTS = ("code", "message")
 
 
 def build_response(request, outcomes, request_id):
-    """The ModelInferResponse of N outcomes (see the module docstring for the mapping)."""
+    """The ModelInferResponse of N outcomes (see the module docstring for the mapping), and the outcomes as
+    sent (an instance whose result cannot be encoded has failed with 500)."""
     outcomes = list(outcomes)
-    ok = [outcome.ok for outcome in outcomes]
-    results = [_result_dict(outcome) if ok[i] else {} for i, outcome in enumerate(outcomes)]
+    n = len(outcomes)
+    ok = [outcome.code == 0 for outcome in outcomes]
+    results = [_result_dict(outcome) if good else _NO_RESULT for outcome, good in zip(outcomes, ok)]
     keys = {}  # result keys in first-seen order (a dict keeps insertion order)
     for result in results:
         keys.update(dict.fromkeys(result))
-    for reserved in ("code", "message"):
+    for reserved in _STATUS_OUTPUTS:
         keys.pop(reserved, None)
-    wanted = [output.name for output in request.outputs]
-    names = wanted or [*keys, *(["body"] if any(o.body for o in outcomes) else []), "code", "message"]
+    if request.outputs:
+        names = [output.name for output in request.outputs]
+    else:
+        names = [*keys, *(["body"] if any(outcome.body for outcome in outcomes) else []), *_STATUS_OUTPUTS]
 
-    # Tensors are decided first; JSON encoding may then fail an instance, whose tensor rows become zeros.
-    kinds, encoded = {}, {}
+    # Tensors are decided first, by the instances that succeeded; JSON encoding may then fail an instance, whose
+    # tensor rows become zeros and whose JSON values become null in every key.
+    kinds = {}
+    n_ok = ok.count(True)
     for name in names:
-        if name in ("code", "message") or (name == "body" and name not in keys):
+        if name in _STATUS_OUTPUTS or name in kinds or (name == "body" and name not in keys):
             continue
-        values = [result[name] for i, result in enumerate(results) if ok[i] and name in result]
-        if values and len(values) == sum(ok):
-            kinds[name] = _tensor_like(values)
-    for name in names:
-        if name in ("code", "message") or kinds.get(name) is not None or (name == "body" and name not in keys):
-            continue
-        column = []
-        for i, result in enumerate(results):
-            value = result.get(name, _UNSET) if ok[i] else _UNSET
-            if value is _UNSET:
-                column.append(_NULL)
-                continue
-            try:
-                column.append(json.dumps(value, default=_json_default).encode("utf-8"))
-            except (TypeError, ValueError) as exc:
-                outcomes[i] = Outcome(code=INTERNAL, message=f"result {name!r} cannot be sent: {exc}")
-                ok[i] = False
-                column.append(_NULL)
-        encoded[name] = column
-    for i in [i for i in range(len(outcomes)) if not ok[i]]:
-        for column in encoded.values():
-            column[i] = _NULL  # an instance failed by a later key's encoding holds null in every key
+        kinds[name] = _tensor_kind(name, results, ok, n_ok)
+    encoded = {name: _json_column(name, results, ok, outcomes) for name, kind in kinds.items() if kind is None}
+    if encoded and not all(ok):
+        for i in [i for i in range(n) if not ok[i]]:
+            for column in encoded.values():
+                column[i] = _NULL
 
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION, id=request.id)
+    add_output = response.outputs.add
+    raws = []
     for name in names:
         if name == "code":
-            tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype="INT32", shape=[len(outcomes)])
-            raw = np.array([outcome.code for outcome in outcomes], dtype="<i4").tobytes()
+            add_output(name=name, datatype="INT32", shape=(n,))
+            raws.append(_empty_elements_raw(n) if all(ok) else
+                        np.array([outcome.code for outcome in outcomes], dtype="<i4").tobytes())
         elif name == "message":
-            tensor, raw = _bytes_output(name, [outcome.message.encode("utf-8") for outcome in outcomes])
+            add_output(name=name, datatype=BYTES, shape=(n,))
+            raws.append(join_bytes_elements([outcome.message.encode("utf-8") for outcome in outcomes])
+                        if any(outcome.message for outcome in outcomes) else _empty_elements_raw(n))
         elif name == "body" and name not in keys:
-            tensor, raw = _bytes_output(name, [outcome.body if ok[i] else b"" for i, outcome in enumerate(outcomes)])
+            add_output(name=name, datatype=BYTES, shape=(n,))
+            raws.append(join_bytes_elements([outcome.body if ok[i] else b"" for i, outcome in enumerate(outcomes)]))
         elif kinds.get(name) is not None:
-            tensor, raw = _tensor_output(name, *kinds[name], results, ok)
+            dtype, shape = kinds[name]
+            add_output(name=name, datatype=_datatype_of(dtype), shape=(n, *shape))
+            raws.append(_tensor_raw(name, dtype, shape, results, ok))
         else:
-            tensor, raw = _bytes_output(name, encoded[name])
-        response.outputs.append(tensor)
-        response.raw_output_contents.append(raw)
+            add_output(name=name, datatype=BYTES, shape=(n,))
+            raws.append(join_bytes_elements(encoded[name]))
+    response.raw_output_contents.extend(raws)
     return response, outcomes
 
 
