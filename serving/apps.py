@@ -29,6 +29,7 @@ from serving import metrics
 from serving.batcher import Batcher
 from serving.config import ConfigError, load_app_config
 from serving.errors import INTERNAL, NOT_FOUND, UNAVAILABLE, ServingError, is_ok
+from serving.worker_thread import WorkerThread
 
 log = logging.getLogger("serving.apps")
 
@@ -130,7 +131,7 @@ class App:
         self.model = None
         self.module = None
         self.batcher = None
-        self._inference_executor = None
+        self._inference_thread = None
         self._preprocess_executor = None
         self._ctx = None
 
@@ -138,13 +139,11 @@ class App:
 
     async def load(self):
         """Import eval.py and run create_net on the inference thread; on failure the app is FAILED."""
-        loop = asyncio.get_running_loop()
         try:
             self.config = load_app_config(self.app_dir)
             log.info("app %s: effective settings %s", self.name, self.config.to_dict())
-            self._inference_executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"infer-{self.name}")
-            await loop.run_in_executor(self._inference_executor, self._load_on_inference_thread)
+            self._inference_thread = WorkerThread(f"infer-{self.name}")
+            await self._inference_thread.run(self._load_on_inference_thread)
         except ConfigError as exc:
             return self._fail(exc.message)
         except _LoadError as exc:
@@ -158,7 +157,7 @@ class App:
             if self.config.preprocess_workers:
                 self._preprocess_executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.config.preprocess_workers, thread_name_prefix=f"pre-{self.name}")
-        self.batcher = Batcher(self.name, self.config, self._run_batch, self._inference_executor,
+        self.batcher = Batcher(self.name, self.config, self._run_batch, self._inference_thread,
                                preprocess=preprocess, preprocess_executor=self._preprocess_executor)
         self.batcher.start()
         self.state = READY
@@ -171,8 +170,8 @@ class App:
         self.reason = reason
         metrics.APP_READY.labels(self.name).set(0)
         log.error("app %s: FAILED: %s", self.name, reason)
-        if self._inference_executor is not None:
-            self._inference_executor.shutdown(wait=False)
+        if self._inference_thread is not None:
+            self._inference_thread.shutdown()
         return self
 
     def _load_on_inference_thread(self):
@@ -245,9 +244,10 @@ class App:
     async def close(self):
         if self.batcher is not None:
             await self.batcher.stop()
-        for executor in (self._preprocess_executor, self._inference_executor):
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+        if self._preprocess_executor is not None:
+            self._preprocess_executor.shutdown(wait=False, cancel_futures=True)
+        if self._inference_thread is not None:
+            self._inference_thread.shutdown()
         if self.state != FAILED:
             self.state = STOPPED
         metrics.APP_READY.labels(self.name).set(0)

@@ -10,8 +10,10 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 
 from serving import batching, metrics
+from serving.deadlines import Deadlines
 from serving.errors import BAD_REQUEST, GATEWAY_TIMEOUT, TOO_MANY_REQUESTS, UNAVAILABLE, ServingError
 
 log = logging.getLogger("serving.batcher")
@@ -32,11 +34,6 @@ class _Item:
 
 
 _DEADLINE_PASSED = batching.Outcome(code=GATEWAY_TIMEOUT, message="deadline passed before inference")
-
-
-def _resolve(future, outcome):
-    if not future.done():
-        future.set_result(outcome)
 
 
 class BatcherStats:
@@ -93,18 +90,19 @@ class Batcher:
     """Forms batches for one app and runs them.
 
     `run_batch(requests, reqids)` and `preprocess(request, reqid)` are blocking callables: the first runs on
-    `inference_executor` (one thread: calls never overlap and stay on the thread that ran create_net), the
-    second per request on `preprocess_executor`, overlapping the inference of earlier batches.
+    `inference_thread` (a serving.worker_thread.WorkerThread: calls never overlap and stay on the thread that
+    ran create_net), the second per request on `preprocess_executor`, overlapping the inference of earlier
+    batches.
     """
 
-    def __init__(self, app, config, run_batch, inference_executor, preprocess=None, preprocess_executor=None):
+    def __init__(self, app, config, run_batch, inference_thread, preprocess=None, preprocess_executor=None):
         self.app = app
         self.batch_size = config.batch_size
         self.window = config.batch_window_ms / 1000.0
         self.capacity = config.queue_size
         self.inference_timeout = config.inference_timeout_s
         self._run_batch = run_batch
-        self._inference_executor = inference_executor
+        self._inference_thread = inference_thread
         self._preprocess = preprocess
         self._preprocess_executor = preprocess_executor
         self._waiting = collections.deque()
@@ -114,7 +112,7 @@ class Batcher:
         self._running_since = None  # loop time at which the current net_inference call started
         self._task = None
         self._loop = None
-        self._depth = metrics.QUEUE_DEPTH.labels(app)
+        self._deadlines = None
         self._batch_sizes = metrics.BATCH_SIZE.labels(app)
         self._inference_seconds = metrics.INFERENCE_LATENCY.labels(app)
         self.stats = BatcherStats()
@@ -122,7 +120,17 @@ class Batcher:
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self):
+        # The queue depth is read when metrics are scraped, not written twice per request. A weak reference: an
+        # unloaded app's batcher must not be kept alive by the gauge (a reloaded one takes the gauge over).
+        batcher = weakref.ref(self)
+
+        def depth():
+            live = batcher()
+            return live.pending if live is not None else 0
+
+        metrics.QUEUE_DEPTH.labels(self.app).set_function(depth)
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop, self._expire)
         self._arrived = asyncio.Event()
         self._task = self._loop.create_task(self._run_forever(), name=f"batcher-{self.app}")
 
@@ -134,9 +142,10 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        # Deadlines stay armed: callers whose requests were in the interrupted net_inference call get their 504.
         while self._waiting:
-            _resolve(self._waiting.popleft().future,
-                     batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down"))
+            self._answer(self._waiting.popleft(),
+                         batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down"))
 
     @property
     def pending(self):
@@ -181,9 +190,7 @@ class Batcher:
         deadline = loop.time() + timeout
         items = [_Item(r, n, loop.create_future(), deadline, reqid) for r, n, reqid in zip(requests, sizes, reqids)]
         self._admitted += images
-        self._depth.set(self._admitted)
         for item in items:
-            item.future.add_done_callback(self._release(item.n_images))
             if self._preprocess is None:
                 self._enqueue(item)
             elif self._preprocess_executor is None:
@@ -191,30 +198,34 @@ class Batcher:
             else:
                 self._preprocessing += 1
                 loop.create_task(self._run_preprocess(item))
-        # One timer per call: at the deadline it answers what is still pending with 504, and the loop drops it.
-        timer = loop.call_at(deadline, self._expire, items)
+        # At the deadline what is still pending is answered with 504, and the loop drops it.
+        expiry = self._deadlines.add(deadline, items)
         try:
             outcomes = [await item.future for item in items]
         finally:
-            timer.cancel()
+            self._deadlines.cancel(expiry)
             for item in items:  # the caller is gone (cancelled): the loop drops what is still pending
                 if not item.future.done():
                     item.future.cancel()
+                elif not item.future.cancelled():
+                    continue  # answered: counted out by _answer
+                # Cancelled here, or by the caller's cancellation while it awaited this future: nobody answered.
+                self._admitted -= item.n_images
         # Decided by the outcomes, not by whether the timer ran: it may fire after the last answer arrived.
         if any(outcome is _DEADLINE_PASSED for outcome in outcomes):
             raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
         return outcomes
 
-    @staticmethod
-    def _expire(items):
-        for item in items:
-            _resolve(item.future, _DEADLINE_PASSED)
+    def _answer(self, item, outcome):
+        """Answer a request unless it was answered (or its caller gave up) already; an answered request leaves the
+        queue count here, one whose caller gave up in `submit`."""
+        if not item.future.done():
+            item.future.set_result(outcome)
+            self._admitted -= item.n_images
 
-    def _release(self, n_images):
-        def release(_future):
-            self._admitted -= n_images
-            self._depth.set(self._admitted)
-        return release
+    def _expire(self, items):
+        for item in items:
+            self._answer(item, _DEADLINE_PASSED)
 
     def _enqueue(self, item):
         item.queued_at = self._loop.time()
@@ -225,14 +236,14 @@ class Batcher:
         try:
             output = self._preprocess(item.request, item.reqid)
         except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
-            _resolve(item.future, batching.exception_outcomes(1, exc)[0])
+            self._answer(item, batching.exception_outcomes(1, exc)[0])
             return
         self._after_preprocess(item, output)
 
     def _after_preprocess(self, item, output):
         failure = batching.preprocess_failure(output)
         if failure is not None:
-            _resolve(item.future, failure)
+            self._answer(item, failure)
         else:
             item.request = output[0]
             self._enqueue(item)
@@ -245,7 +256,7 @@ class Batcher:
                                                       item.request, item.reqid)
             self._after_preprocess(item, output)
         except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
-            _resolve(item.future, batching.exception_outcomes(1, exc)[0])
+            self._answer(item, batching.exception_outcomes(1, exc)[0])
         finally:
             self._preprocessing -= 1
             self._arrived.set()  # the loop may be waiting for this request to arrive
@@ -286,7 +297,7 @@ class Batcher:
             if item.future.done():
                 continue  # the caller cancelled or gave up
             if item.deadline <= now:
-                _resolve(item.future, _DEADLINE_PASSED)
+                self._answer(item, _DEADLINE_PASSED)
                 self.stats.record_dropped(item, now)
                 continue
             live.append(item)
@@ -302,8 +313,7 @@ class Batcher:
             self._batch_sizes.observe(sum(item.n_images for item in batch))
             self._running_since = self._loop.time()
             try:
-                output = await self._loop.run_in_executor(self._inference_executor, self._run_batch,
-                                                          requests, reqids)
+                output = await self._inference_thread.run(self._run_batch, requests, reqids)
                 outcomes = batching.split_outcomes(output, len(batch))
             except Exception as exc:
                 log.exception("app %s: net_inference raised", self.app)
@@ -314,5 +324,5 @@ class Batcher:
                 started, self._running_since = self._running_since, None
             self.stats.record_batch(batch, outcomes, started, finished)
             for item, outcome in zip(batch, outcomes):
-                _resolve(item.future, outcome)
+                self._answer(item, outcome)
 

@@ -43,13 +43,13 @@ class DataPlane:
             reqids = [request_id] if len(requests) == 1 else [f"{request_id}.{i}" for i in range(len(requests))]
             outcomes = await app.infer(requests, reqids, timeout if timeout is not None else 30.0)
         except ServingError as exc:
-            metrics.REQUESTS.labels(label, str(exc.code)).inc(len(requests) or 1)
+            metrics.requests_counter(label, exc.code).inc(len(requests) or 1)
             log.info("[%s] %s: %d %s", request_id, app_name, exc.code, exc.message)
             raise
         finally:
-            metrics.REQUEST_LATENCY.labels(label).observe(time.perf_counter() - started)
+            metrics.request_latency(label).observe(time.perf_counter() - started)
         for outcome in outcomes:
-            metrics.REQUESTS.labels(label, str(outcome.code)).inc()
+            metrics.requests_counter(label, outcome.code).inc()
             if not outcome.ok:
                 log.info("[%s] %s: instance failed %d %s", request_id, app_name, outcome.code, outcome.message)
         return outcomes

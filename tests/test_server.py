@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import REPO, wait_until
+from serving import codec
 from serving.client import AsyncClient, Client
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
@@ -242,6 +243,28 @@ def test_full_queue_refuses_at_once_with_a_retryable_code(apps_server):
     assert refused and served, "a queue of 64 images must refuse some of 96 and serve the rest"
     assert all(r["code"] == 429 and "queue is full" in r["error"] for r in refused)
     assert all(not any("error" in x for x in r) for r in served)
+
+
+def test_callers_that_cancel_give_their_queue_places_back(fresh_apps_server):
+    # probe: batch_size 4, queue_size 64. One call holds net_inference while 15 calls of 4 images fill the rest of
+    # the queue; those 15 callers cancel. If their places were not given back, every later call would get 429.
+    with fresh_apps_server.channel() as channel:
+        stub = pb_grpc.InferenceStub(channel)
+
+        def call(params=None):
+            request = codec.instances_to_request("probe", "inference", [{"i": 1}] * 4, params)
+            return stub.Infer.future(request, timeout=10)
+
+        busy = call({"sleep_ms": 700})
+        time.sleep(0.1)
+        waiting = [call() for _ in range(15)]
+        time.sleep(0.2)
+        assert not any(future.done() for future in waiting), "the queue must still hold them"
+        for future in waiting:
+            future.cancel()
+        later = [call() for _ in range(15)]
+        assert all(len(future.result().results) == 4 for future in [busy, *later])
+        assert all(result.code == 0 for future in later for result in future.result().results)
 
 
 def test_never_returning_eval_gives_deadline_exceeded_and_health_says_so(fresh_apps_server):
