@@ -187,12 +187,13 @@ class Batcher:
         if self._admitted + images > self.capacity:
             raise ServingError(TOO_MANY_REQUESTS, f"app {self.app} queue is full ({self._admitted} of "
                                                   f"{self.capacity} images waiting); retry later")
-        deadline = loop.time() + timeout
+        now = loop.time()
+        deadline = now + timeout
         items = [_Item(r, n, loop.create_future(), deadline, reqid) for r, n, reqid in zip(requests, sizes, reqids)]
         self._admitted += images
         for item in items:
             if self._preprocess is None:
-                self._enqueue(item)
+                self._enqueue(item, now)
             elif self._preprocess_executor is None:
                 self._preprocess_inline(item)
             else:
@@ -212,8 +213,9 @@ class Batcher:
                 # Cancelled here, or by the caller's cancellation while it awaited this future: nobody answered.
                 self._admitted -= item.n_images
         # Decided by the outcomes, not by whether the timer ran: it may fire after the last answer arrived.
-        if any(outcome is _DEADLINE_PASSED for outcome in outcomes):
-            raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
+        for outcome in outcomes:
+            if outcome is _DEADLINE_PASSED:
+                raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
         return outcomes
 
     def _answer(self, item, outcome):
@@ -227,8 +229,8 @@ class Batcher:
         for item in items:
             self._answer(item, _DEADLINE_PASSED)
 
-    def _enqueue(self, item):
-        item.queued_at = self._loop.time()
+    def _enqueue(self, item, now=None):
+        item.queued_at = self._loop.time() if now is None else now
         self._waiting.append(item)
         self._arrived.set()
 

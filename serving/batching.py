@@ -8,7 +8,7 @@ import dataclasses
 from serving.errors import EXCEPTION, INTERNAL, is_ok
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Outcome:
     """What one request of a batch ended with: code 0 and a result, or a failure code and message."""
 

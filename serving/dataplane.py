@@ -30,10 +30,12 @@ class DataPlane:
         """One Outcome per eval request, in order. `timeout` is the caller's remaining time in seconds (None: no
         deadline); the app's request_timeout_s caps it. Raises ServingError for failures of the whole call."""
         started = time.perf_counter()
+        app = self.registry.apps.get(app_name)
         # Unknown names share one label: callers must not be able to grow the metrics without bound.
-        label = app_name if app_name in self.registry.apps else "_unknown"
+        label = app_name if app is not None else "_unknown"
         try:
-            app = self.registry.get(app_name)
+            if app is None:
+                app = self.registry.get(app_name)  # raises NOT_FOUND naming the apps served
             if method and method not in METHODS:
                 raise ServingError(NOT_FOUND, f"app {app_name!r} has no method {method!r}; methods: "
                                               f"{', '.join(METHODS)}")

@@ -260,6 +260,30 @@ def test_stream_infer_answers_each_request(client):
     assert len(errors) == 1 and "instance refused with 404" in errors[0].message()
 
 
+@pytest.mark.parametrize("result, message, body", [
+    ({"logits": np.arange(10, dtype=np.float32), "n": np.int64(3), "mask": np.array([[True, False]])}, "", b""),
+    ({"be": np.arange(4, dtype=">i4"), "half": np.ones((2, 1), np.float16)}, "", b""),  # big-endian swapped
+    ({"out": np.zeros(2, np.float32)[::2], "code": 7, "message": "shadowed"}, "", b""),  # view; reserved keys
+    ({"logits": np.ones(2, np.float32), "label": "cat"}, "", b""),  # a JSON key: the general mapping answers
+    ({"logits": np.ones(2, np.float32)}, "note", b""),
+    ({"logits": np.ones(2, np.float32)}, "", b"\x89PNG"),
+    ({"text": np.array(["a"])}, "", b""),  # a dtype KServe has no tensor of
+    ({}, "", b""),
+])
+def test_single_instance_fast_path_matches_the_general_mapping(result, message, body):
+    from serving.batching import Outcome
+    from serving.proto import kserve_pb2
+    from serving.servicers import kserve
+
+    request = kserve_pb2.ModelInferRequest(model_name="m", id="r1")
+    outcome = Outcome(code=0, message=message, result=result, body=body)
+    fast, _ = kserve.build_response(request, [outcome], "r1")
+    general, _ = kserve._mapped_response(request, [outcome])
+    assert fast.SerializeToString(deterministic=True) == general.SerializeToString(deterministic=True)
+    names = [output.name for output in fast.outputs]
+    assert names[-2:] == ["code", "message"] and names.count("code") == 1
+
+
 def test_statistics_grow(client):
     def probe_stats():
         (stats,) = client.get_inference_statistics("probe").model_stats

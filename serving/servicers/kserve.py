@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import struct
+import sys
 
 import grpc
 import numpy as np
@@ -191,6 +192,8 @@ def _parameter_value(parameter):
 def request_params(request):
     """The eval params of a request: the JSON object of a string parameter `params`, then every other
     parameter by name."""
+    if not request.parameters:
+        return {}
     params = {}
     packed = request.parameters.get("params")
     if packed is not None and packed.WhichOneof("parameter_choice") == "string_param":
@@ -204,19 +207,20 @@ def request_params(request):
 
 def request_to_eval_requests(request):
     """The N eval requests `{"data": ..., "params": ...}` of a ModelInferRequest, one per instance."""
-    if not request.inputs:
+    inputs = request.inputs
+    if not inputs:
         raise ServingError(BAD_REQUEST, "the request holds no inputs")
     raw_contents = request.raw_input_contents
-    if raw_contents and len(raw_contents) != len(request.inputs):
-        raise ServingError(BAD_REQUEST, f"{len(request.inputs)} inputs but {len(raw_contents)} "
+    if raw_contents and len(raw_contents) != len(inputs):
+        raise ServingError(BAD_REQUEST, f"{len(inputs)} inputs but {len(raw_contents)} "
                                         "raw_input_contents: send one per input, or none")
     columns, n, seen = [], None, set()
-    for index, tensor in enumerate(request.inputs):
-        where = f"input {tensor.name!r}"
-        if not tensor.name or tensor.name in seen:
-            raise ServingError(BAD_REQUEST, f"input {index}: " + ("no name" if not tensor.name else
-                                                                  f"{tensor.name!r} given twice"))
-        seen.add(tensor.name)
+    for index, tensor in enumerate(inputs):
+        name = tensor.name
+        if not name or name in seen:
+            raise ServingError(BAD_REQUEST, f"input {index}: " + (f"{name!r} given twice" if name else "no name"))
+        seen.add(name)
+        where = f"input {name!r}"
         if tensor.shape and tensor.shape[0] > MAX_INSTANCES_PER_CALL:
             raise ServingError(PAYLOAD_TOO_LARGE, f"{where} has {tensor.shape[0]} instances (first dimension), "
                                                   f"over the limit of {MAX_INSTANCES_PER_CALL} per call; split it")
@@ -225,19 +229,20 @@ def request_to_eval_requests(request):
             n = array.shape[0]
         elif array.shape[0] != n:
             raise ServingError(BAD_REQUEST, f"{where} has {array.shape[0]} instances (first dimension), input "
-                                            f"{request.inputs[0].name!r} has {n}")
-        if tensor.name in _DATA_KEYS:
+                                            f"{inputs[0].name!r} has {n}")
+        if name in _DATA_KEYS:
             if tensor.datatype != BYTES or math.prod(array.shape[1:]) != 1:
                 raise ServingError(BAD_REQUEST, f"{where} must be BYTES with one element per instance, got "
                                                 f"{tensor.datatype} of shape {list(array.shape)}")
-            values = [_data_key_value(tensor.name, element, f"{where}[{i}]")
-                      for i, element in enumerate(array.reshape(n))]
+            values = [_data_key_value(name, element, f"{where}[{i}]") for i, element in enumerate(array.reshape(n))]
         else:
             values = array  # rows are taken per instance below: views, no copies
-        columns.append((tensor.name, values))
+        columns.append((name, values))
     if not n:
         raise ServingError(BAD_REQUEST, "the request holds no instances (first dimension 0)")
     params = request_params(request)
+    if n == 1:  # the params dict is this call's own: the one instance may have it
+        return [{"data": {name: values[0] for name, values in columns}, "params": params}]
     return [{"data": {name: values[i] for name, values in columns}, "params": dict(params)} for i in range(n)]
 
 
@@ -291,6 +296,7 @@ def _datatype_of(dtype):
 
 
 _DATATYPE_BY_DTYPE = {}
+_NATIVE_LITTLE = sys.byteorder == "little"
 _NUMPY_VALUE = (np.ndarray, np.generic)
 
 
@@ -322,18 +328,26 @@ def _tensor_kind(name, results, ok, n_ok):
     return _tensor_like(values)
 
 
+def _wire_bytes(value):
+    """The C-order bytes of a numpy array or scalar, little-endian as KServe sends them (no copy of the dtype on
+    the common path: building a byte-swapped dtype per call costs more than the bytes themselves)."""
+    order = value.dtype.byteorder
+    if order == ">" or (order == "=" and not _NATIVE_LITTLE):
+        value = value.astype(value.dtype.newbyteorder("<"))
+    return value.tobytes()
+
+
 def _tensor_raw(name, dtype, shape, results, ok):
-    """The little-endian bytes of key `name` stacked over the instances; rows of failed instances are zeros."""
-    little = dtype.newbyteorder("<")
+    """The wire bytes of key `name` stacked over the instances; rows of failed instances are zeros."""
     if len(results) == 1 and ok[0]:
-        return np.asarray(results[0][name], dtype=little).tobytes()
+        return _wire_bytes(results[0][name])
     if all(ok):
-        return np.stack([result[name] for result in results]).astype(little, copy=False).tobytes()
-    stacked = np.zeros((len(results), *shape), dtype=little)
+        return _wire_bytes(np.stack([result[name] for result in results]))
+    stacked = np.zeros((len(results), *shape), dtype=dtype)
     for i, result in enumerate(results):
         if ok[i]:
             stacked[i] = result[name]
-    return stacked.tobytes()
+    return _wire_bytes(stacked)
 
 
 def _json_column(name, results, ok, outcomes):
@@ -365,6 +379,40 @@ _STATUS_OUTPUTS = ("code", "message")
 def build_response(request, outcomes, request_id):
     """The ModelInferResponse of N outcomes (see the module docstring for the mapping), and the outcomes as
     sent (an instance whose result cannot be encoded has failed with 500)."""
+    if len(outcomes) == 1 and not request.outputs:
+        response = _tensors_only_response(request, outcomes[0])
+        if response is not None:
+            return response, outcomes
+    return _mapped_response(request, outcomes)
+
+
+def _tensors_only_response(request, outcome):
+    """What `_mapped_response` answers for the commonest call, built without its bookkeeping: one instance, no
+    outputs named, a success without body or message whose result values are all tensors. None for any other
+    call (which the general mapping then answers)."""
+    result = outcome.result
+    if outcome.code or outcome.message or outcome.body or type(result) is not dict:
+        return None
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION, id=request.id)
+    add_output = response.outputs.add
+    raws = []
+    for name, value in result.items():
+        if name in _STATUS_OUTPUTS:
+            continue
+        datatype = _datatype_of(value.dtype) if isinstance(value, _NUMPY_VALUE) else None
+        if datatype is None:
+            return None
+        add_output(name=name, datatype=datatype, shape=(1, *value.shape))
+        raws.append(_wire_bytes(value))
+    add_output(name="code", datatype="INT32", shape=(1,))
+    add_output(name="message", datatype=BYTES, shape=(1,))
+    raws += (_empty_elements_raw(1), _empty_elements_raw(1))
+    response.raw_output_contents.extend(raws)
+    return response
+
+
+def _mapped_response(request, outcomes):
+    """build_response's general mapping, for any number of instances and outcomes."""
     outcomes = list(outcomes)
     n = len(outcomes)
     ok = [outcome.code == 0 for outcome in outcomes]
@@ -500,13 +548,15 @@ class KServeServicer:
         requests = request_to_eval_requests(request)
         outcomes = await self.dataplane.infer(request.model_name, None, requests, request_id,
                                               request_timeout_s(request, context))
-        failure = call_failure(outcomes)
-        if failure is not None:
-            raise ServingError(*failure)
+        if outcomes[0].code:  # (the cheap test first: call_failure needs a failed first instance)
+            failure = call_failure(outcomes)
+            if failure is not None:
+                raise ServingError(*failure)
         response, outcomes = build_response(request, outcomes, request_id)
-        failure = call_failure(outcomes)  # an instance may have failed in encoding its result
-        if failure is not None:
-            raise ServingError(*failure)
+        if outcomes[0].code:  # an instance may have failed in encoding its result
+            failure = call_failure(outcomes)
+            if failure is not None:
+                raise ServingError(*failure)
         return response
 
     async def ModelInfer(self, request, context):
