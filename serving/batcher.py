@@ -113,8 +113,7 @@ class Batcher:
         self._task = None
         self._loop = None
         self._deadlines = None
-        self._batch_sizes = metrics.BATCH_SIZE.labels(app)
-        self._inference_seconds = metrics.INFERENCE_LATENCY.labels(app)
+        self._metric_labels = (app,)
         self.stats = BatcherStats()
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -312,7 +311,7 @@ class Batcher:
                 continue
             requests = [item.request for item in batch]
             reqids = [item.reqid for item in batch]
-            self._batch_sizes.observe(sum(item.n_images for item in batch))
+            metrics.BATCH_SIZE.observe(self._metric_labels, sum(item.n_images for item in batch))
             self._running_since = self._loop.time()
             try:
                 output = await self._inference_thread.run(self._run_batch, requests, reqids)
@@ -322,7 +321,7 @@ class Batcher:
                 outcomes = batching.exception_outcomes(len(batch), exc)
             finally:
                 finished = self._loop.time()
-                self._inference_seconds.observe(finished - self._running_since)
+                metrics.INFERENCE_LATENCY.observe(self._metric_labels, finished - self._running_since)
                 started, self._running_since = self._running_since, None
             self.stats.record_batch(batch, outcomes, started, finished)
             for item, outcome in zip(batch, outcomes):

@@ -45,13 +45,13 @@ class DataPlane:
             reqids = [request_id] if len(requests) == 1 else [f"{request_id}.{i}" for i in range(len(requests))]
             outcomes = await app.infer(requests, reqids, timeout if timeout is not None else 30.0)
         except ServingError as exc:
-            metrics.requests_counter(label, exc.code).inc(len(requests) or 1)
+            metrics.REQUESTS.inc((label, str(exc.code)), len(requests) or 1)
             log.info("[%s] %s: %d %s", request_id, app_name, exc.code, exc.message)
             raise
         finally:
-            metrics.request_latency(label).observe(time.perf_counter() - started)
+            metrics.REQUEST_LATENCY.observe((label,), time.perf_counter() - started)
         for outcome in outcomes:
-            metrics.requests_counter(label, outcome.code).inc()
+            metrics.REQUESTS.inc((label, str(outcome.code)))
             if not outcome.ok:
                 log.info("[%s] %s: instance failed %d %s", request_id, app_name, outcome.code, outcome.message)
         return outcomes
