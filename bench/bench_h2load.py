@@ -53,18 +53,14 @@ MODELS = {"small": (64, (24, 48, 96), 0), "large": (128, (28, 56, 112, 224), 2)}
 
 TENSOR_APP = '''"""A generic tensor app for benchmarks: data["input"] float32 CHW -> {"output": logits}."""
 import numpy as np
-import onnxruntime as ort
 
 from evals.utils import create_net_handler, net_inference_handler
+from evals.utils.onnx import onnx_session
 
 
 @create_net_handler
 def create_net(configs):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = configs["model_params"].get("intra_op_threads", 1)
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(configs["model_files"]["model"], options, providers=["CPUExecutionProvider"])
+    session = onnx_session(configs)  # one intra-op thread (app.json), no spinning
     return {"session": session, "input": session.get_inputs()[0].name}, 0, ""
 
 

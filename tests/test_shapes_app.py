@@ -93,6 +93,21 @@ def test_create_net_reports_bad_configs(shapes_eval):
     assert (model, code) == (None, 400) and "classes" in message
 
 
+def test_onnx_runtime_threads_and_spinning_are_app_settings(shapes_eval, model):
+    options = model["session"].get_session_options()  # app.json sets intra_op_threads only: the defaults show
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+    tuned, code, _ = shapes_eval.create_net(_app_configs(model_params={"intra_op_threads": 2, "allow_spinning": True}))
+    options = tuned["session"].get_session_options()
+    assert code == 0 and options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+    for bad, key in (({"intra_op_threads": 0}, "intra_op_threads"), ({"allow_spinning": "no"}, "allow_spinning")):
+        refused, code, message = shapes_eval.create_net(_app_configs(model_params=bad))
+        assert (refused, code) == (None, 400) and f"model_params.{key}" in message
+
+
 def test_model_file_matches_shipped_preprocess():
     session = ort.InferenceSession(str(APP_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
     (model_input,) = session.get_inputs()

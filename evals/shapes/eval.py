@@ -32,12 +32,12 @@ training code; keep per-request failures out of the shared batch.
 import os
 
 import numpy as np
-import onnxruntime as ort
 
 from evals.shapes.preprocess import INPUT_SHAPE, preprocess
 from evals.utils import (CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler,
                          request_images)
 from evals.utils.error import ErrorBase, ErrorConfig, ErrorFileNotExist
+from evals.utils.onnx import onnx_session
 
 BAD_REQUEST = 400
 INFERENCE_FAILED = 500
@@ -59,28 +59,9 @@ def create_net(configs):
     if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
         raise ErrorBase(BAD_REQUEST, f"custom_params.classes must be a list of class names, got {classes!r}")
 
-    model_params = configs.get("model_params") or {}
-    threads = model_params.get("intra_op_threads", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ErrorBase(BAD_REQUEST, f"model_params.intra_op_threads must be a positive integer, got {threads!r}")
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    # One inference runs at a time (the runtime never overlaps net_inference calls), so a second
-    # inter-op thread would only idle.
-    options.inter_op_num_threads = 1
-    # Idle ORT threads spin by default, burning a core between batches that the preprocess workers
-    # and other apps need more.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-    providers = ["CPUExecutionProvider"]
-    if configs.get("use_device") == "GPU":
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            CTX.logger.warning("use_device is GPU but this onnxruntime has no CUDA provider; running on CPU")
-
-    session = ort.InferenceSession(model_path, options, providers=providers)
+    # ONNX Runtime threads and spinning are app settings (model_params), with serving defaults: one intra-op
+    # thread, no spinning. See evals.utils.onnx.
+    session = onnx_session(configs)
     model_input = session.get_inputs()[0]
     model_output = session.get_outputs()[0]
     # Catch a model rebuilt with a different input size or class list here, at start-up, rather than
@@ -100,8 +81,9 @@ def create_net(configs):
         "classes": list(classes),
         "batch_size": int(configs.get("batch_size") or 1),
     }
-    CTX.logger.info("shapes: loaded %s (%d classes, providers %s, %d intra-op thread(s), batch_size %d)",
-                    model_path, len(classes), session.get_providers(), threads, model["batch_size"])
+    CTX.logger.info("shapes: loaded %s (%d classes, providers %s, %s intra-op thread(s), batch_size %d)",
+                    model_path, len(classes), session.get_providers(),
+                    session.get_session_options().intra_op_num_threads, model["batch_size"])
     return model, 0, ""
 
 
