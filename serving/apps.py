@@ -16,6 +16,7 @@ NOT_SERVING and its requests get 503 with the reason; the other apps keep servin
 """
 import asyncio
 import concurrent.futures
+import gc
 import importlib
 import importlib.machinery
 import importlib.util
@@ -253,6 +254,19 @@ class App:
         metrics.APP_READY.labels(self.name).set(0)
 
 
+def _freeze_heap():
+    """Collect, then move every object alive now (modules, apps, models) where the cyclic GC never looks again.
+
+    A full collection walks every tracked object: tens of thousands once the apps are imported, a pause of tens
+    of milliseconds every few thousand requests, and about a third of the collector's work per request. What
+    the imports and create_net made lives as long as the apps; requests allocate and free their own objects.
+    Retiring an app (a KServe reload or unload) unfreezes the heap for good, so that the app's cycles are freed:
+    after a reload the collector works as it does by default.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class _LoadError(Exception):
     """create_net or the module's shape refused the app; the message is the reason shown to clients."""
 
@@ -302,6 +316,7 @@ class AppRegistry:
             await app.load()
             if strict and app.state == FAILED:
                 raise ConfigError(f"app {name} failed to load: {app.reason}")
+        _freeze_heap()
         return self.apps
 
     def get(self, name):
@@ -367,3 +382,6 @@ class AppRegistry:
         if not await app.drain(timeout):
             log.warning("app %s: requests still pending after %.1fs; closing anyway", app.name, timeout)
         await app.close()
+        # The retired app's reference cycles (and its model) must be collectable, whenever the last reference to
+        # it goes (an armed deadline timer may hold it for request_timeout_s): the heap is not frozen again.
+        gc.unfreeze()

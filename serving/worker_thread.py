@@ -75,3 +75,6 @@ class WorkerThread:
                 loop.call_soon_threadsafe(_settle, future, result, error)
             except RuntimeError:
                 pass  # the loop has closed: nobody is waiting any more
+            # Drop this call's references before waiting for the next one: a batch's requests and results (and
+            # an unloaded app, through its bound method) must not live on until the next call arrives.
+            job = loop = future = fn = args = result = error = None

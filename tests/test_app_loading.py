@@ -1,13 +1,18 @@
 """Loading apps: failures reported per app while the others serve, --strict, the classic layout, app.json."""
+import asyncio
+import gc
 import json
+import shutil
 import subprocess
 import sys
+import weakref
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import REPO, TESTS, RunningServer
+from conftest import REPO, TESTS, RunningServer, wait_until
 from serving.client import Client
+from serving.apps import AppRegistry
 from serving.config import ConfigError, load_app_config
 from serving.inprocess import InProcessRunner
 
@@ -139,3 +144,30 @@ def test_app_json_resolves_files_and_keeps_defaults(tmp_path):
     (tmp_path / "app.json").write_text("{oops")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_app_config(tmp_path)
+
+
+def test_retired_apps_are_freed(tmp_path):
+    # The registry freezes the heap once the apps are loaded (gc.freeze); a reloaded or unloaded app, and the model
+    # it holds, must still be freed.
+    evals = tmp_path / "evals"
+    shutil.copytree(TESTS / "apps_kserve", evals, ignore=shutil.ignore_patterns("__pycache__"))
+
+    async def retire_three():
+        registry = AppRegistry(evals)
+        await registry.load_all()
+        retired = []
+        for _ in range(2):
+            retired.append(weakref.ref(registry.apps["versioned"]))
+            await registry.load_app("versioned")
+        retired.append(weakref.ref(registry.apps["versioned"]))
+        await registry.unload_app("versioned")
+        await registry.close()
+        return retired
+
+    retired = asyncio.run(retire_three())
+
+    def all_freed():  # (an inference thread may still be ending: it holds nothing, but give it a moment)
+        gc.collect()
+        return [ref() for ref in retired] == [None, None, None]
+
+    assert wait_until(all_freed, 5)
