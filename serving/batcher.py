@@ -114,6 +114,8 @@ class Batcher:
         self._loop = None
         self._deadlines = None
         self._metric_labels = (app,)
+        metrics.BATCH_SIZE.declare(self._metric_labels)
+        metrics.INFERENCE_LATENCY.declare(self._metric_labels)
         self.stats = BatcherStats()
 
     # ---- lifecycle -------------------------------------------------------------------------------------------

@@ -57,14 +57,24 @@ class FastHistogram:
         self._lock = threading.Lock()
         registry.register(self)
 
+    def declare(self, labels):
+        """Export the series of `labels` (zeros) before its first observation, as `labels()` does for a
+        prometheus_client metric."""
+        with self._lock:
+            self._series_of(labels)
+
     def observe(self, labels, value):
         index = bisect.bisect_left(self._bounds, value)
         with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = [0] * (len(self._bounds) + 1) + [0.0]
+            series = self._series_of(labels)
             series[index] += 1
             series[-1] += value
+
+    def _series_of(self, labels):
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0] * (len(self._bounds) + 1) + [0.0]
+        return series
 
     def collect(self):
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
