@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 9000
 
-.PHONY: install serve test bench proto clean
+.PHONY: install serve test bench bench-capacity proto clean
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_serving.py
+
+# Server capacity with a C load generator: h2load comes from Debian's nghttp2-client, installed here when missing
+# (root and the Debian mirror needed once; elsewhere install it by hand).
+bench-capacity: $(STAMP)
+	@command -v h2load >/dev/null || apt-get install -y -q nghttp2-client || \
+		(apt-get update -q && apt-get install -y -q nghttp2-client) || \
+		{ echo "h2load is missing: install Debian's nghttp2-client"; exit 1; }
+	$(BIN)/python bench/bench_h2load.py
 
 proto: $(STAMP)
 	$(BIN)/python -m serving.proto.generate
