@@ -72,6 +72,8 @@ def trained(data):
     ({"batch_size": 5, "device_num": 2}, "split evenly"),
     ({"batch_size": True}, "must be an integer"),
     ({"device": "TPU"}, "unknown device"),
+    ({"texture_mix": 1.5}, "texture_mix must be a probability"),
+    ({"photometric": -0.1}, "photometric must be a probability"),
 ])
 def test_params_refuse_absurd_values(change, message):
     with pytest.raises(ValueError, match=message):
@@ -134,6 +136,20 @@ def test_blur_keeps_boxes_and_expand_is_reproducible():
     second = augment.expand(image, boxes, names, np.random.default_rng(5))
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_pixel_augmentations_are_reproducible_and_keep_the_image_shape():
+    rng_image = np.random.default_rng(1)
+    image = rng_image.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    texture = rng_image.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for transform in (lambda rng: augment.photometric(image, rng), lambda rng: augment.texture_mix(image, texture, rng)):
+        first, second = transform(np.random.default_rng(3)), transform(np.random.default_rng(3))
+        assert first.shape == image.shape and first.dtype == np.uint8
+        np.testing.assert_array_equal(first, second)
+        assert not np.array_equal(first, image)
+    # A flat texture has no relief: laying it over an image changes nothing.
+    flat = np.full((64, 64, 3), 90, np.uint8)
+    np.testing.assert_array_equal(augment.texture_mix(image, flat, np.random.default_rng(0)), image)
 
 
 # ---------------------------------------------------------------------------------------------- decode

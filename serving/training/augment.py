@@ -11,6 +11,15 @@ off-by-one, so every geometric expansion below is exact.
 
 :func:`expand` applies each configured expansion with probability 1/2, from a given numpy Generator, so a
 training sample's augmentation is reproducible from its seed.
+
+Two more augmentations change only pixels, never boxes, and serve generalisation to surfaces the training set
+does not hold (the trainer applies them when its params say so, beside the platform's expansions):
+
+- :func:`photometric`: brightness, contrast, gamma and per-channel gains, sometimes grey or with the colour
+  channels swapped, so that the network keys on the shape of a defect rather than the colour of a surface;
+- :func:`texture_mix`: the relief of another, defect-free training image laid over the sample, so that
+  structure which belongs to a background (weave, grain, brushing, stripes) is seen on many surfaces and
+  learned as background.
 """
 import cv2
 import numpy as np
@@ -52,6 +61,37 @@ def rot90(image, boxes):
 def blur(image, boxes, sigma=1.0):
     """Gaussian blur of ``sigma`` pixels; the boxes are unchanged (a copy is returned)."""
     return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma)), _boxes(boxes).copy()
+
+
+def photometric(image, rng):
+    """A random photometric change of a BGR uint8 image (a new array; boxes are unaffected)."""
+    out = image.astype(np.float32)
+    if rng.random() < 0.2:
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        out = np.repeat(grey[:, :, None], 3, axis=2)
+    elif rng.random() < 0.3:
+        out = out[:, :, rng.permutation(3)]
+    out *= rng.uniform(0.8, 1.2, size=3).astype(np.float32)  # white balance
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(0.6, 1.4) + mean * rng.uniform(0.7, 1.3)  # contrast, brightness
+    np.clip(out, 0, 255, out=out)
+    gamma = rng.uniform(0.7, 1.4)
+    out = 255.0 * (out / 255.0) ** gamma
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def texture_mix(image, texture, rng, strength=(0.2, 0.6)):
+    """Lay the relief of ``texture`` (a defect-free BGR image) over ``image``: the image is multiplied by
+    ``texture``'s normalised grey level raised to a random ``strength``, after a random flip and quarter turn of
+    the texture (a new array; boxes are unaffected)."""
+    grey = np.rot90(cv2.cvtColor(texture, cv2.COLOR_BGR2GRAY).astype(np.float32) + 1.0, int(rng.integers(4)))
+    if rng.random() < 0.5:
+        grey = grey[:, ::-1]
+    grey = np.ascontiguousarray(grey)
+    if grey.shape != image.shape[:2]:
+        grey = cv2.resize(grey, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    relief = (grey / grey.mean()) ** rng.uniform(*strength)
+    return np.clip(image.astype(np.float32) * relief[:, :, None], 0, 255).astype(np.uint8)
 
 
 def expand(image, boxes, expansions, rng):

@@ -136,6 +136,10 @@ class CenterNet(nn.Module):
         self.laterals = nn.ModuleList(nn.Conv2d(w, neck, 1) for w in widths)
         self.smooth = _conv_bn_relu(neck, neck, 3)
         self.head_features = _conv_bn_relu(neck, neck, 3)
+        # Image-wide context for the heads: the mean of the head features, mapped to a per-channel bias. A line
+        # that is one of many across the surface (weave, grain, veins) and a line that is alone (a crack) look
+        # the same locally; the context lets the heads tell them apart.
+        self.context = nn.Sequential(nn.Conv2d(neck, neck, 1), nn.ReLU(inplace=True), nn.Conv2d(neck, neck, 1))
         self.heatmap = nn.Conv2d(neck, n_classes, 1)
         self.regression = nn.Conv2d(neck, 4, 1)  # log width, log height, offset x, offset y
         nn.init.constant_(self.heatmap.bias, _HEATMAP_PRIOR_BIAS)
@@ -160,6 +164,7 @@ class CenterNet(nn.Module):
             # Nearest upsampling by exactly 2 exports to a plain ONNX Resize and is cheap on a CPU.
             top = lateral(feature) + nn.functional.interpolate(top, scale_factor=2.0, mode="nearest")
         x = self.head_features(self.smooth(top))
+        x = x + self.context(x.mean(dim=(2, 3), keepdim=True))
         heatmap = self.heatmap(x)
         regression = self.regression(x)
         return (heatmap if logits else torch.sigmoid(heatmap)), regression[:, :2], regression[:, 2:]

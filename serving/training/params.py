@@ -34,7 +34,9 @@ class TrainParams:
     warm-up + cosine schedule over ``max_iters`` iterations of ``batch_size`` images (the global batch: with
     ``device_num`` processes each takes its share); a checkpoint scored on the validation set is taken every
     ``snapshot_interval`` iterations and at the end. ``input_size`` is the square network input side (a
-    multiple of 32). ``seed`` fixes initialisation, data order and augmentation.
+    multiple of 32). ``seed`` fixes initialisation, data order and augmentation. ``photometric`` and
+    ``texture_mix`` are the shares of samples given those pixel-only augmentations (serving.training.augment),
+    which are what carries a model to surfaces its training set does not hold.
     """
 
     net_model: str = "res18"
@@ -50,6 +52,8 @@ class TrainParams:
     seed: int = 0
     weight_decay: float = 1e-4
     warmup_iters: int = field(default=-1)  # -1: 5 % of max_iters, at most 200
+    photometric: float = 0.8  # share of samples given a photometric change (augment.photometric)
+    texture_mix: float = 0.5  # share of samples given another defect-free image's relief (augment.texture_mix)
 
     def __post_init__(self):
         # Accept any iterable of expansion names but store a tuple, so params stay hashable and frozen.
@@ -89,6 +93,10 @@ class TrainParams:
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
                 or not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        for name in ("photometric", "texture_mix"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; expected one of {list(DEVICES)}")
         if self.device == "GPU":

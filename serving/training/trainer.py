@@ -39,7 +39,7 @@ from serving.training import augment, detector_ops
 from serving.training.model import build_model
 from serving.training.params import TrainParams
 
-CHECKPOINT_FORMAT = "serving.training.checkpoint/1"
+CHECKPOINT_FORMAT = "serving.training.checkpoint/2"  # 2: the network has the image-context block
 # Evaluation: a lower threshold than serving would use costs little and lets mAP see the whole PR curve.
 EVAL_SCORE_THRESHOLD = 0.01
 EVAL_BATCH = 32
@@ -120,10 +120,13 @@ class _Samples:
             by_image[annotation["image_id"]].append(annotation)
         self.images = images
         self.boxes, self.labels = [], []
+        self.defect_free = []  # indices of images without a box: the textures augment.texture_mix lays over others
         for meta in coco["images"]:
             annotations = by_image[meta["id"]]
             boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in annotations], dtype=np.float32).reshape(-1, 4)
+            if not len(boxes):
+                self.defect_free.append(len(self.boxes))
             self.boxes.append(boxes)
             self.labels.append(np.array([index_of_category[a["category_id"]] for a in annotations], np.int64))
 
@@ -184,6 +187,11 @@ def _make_batch(samples, indices, positions, params, n_classes, iteration):
         index = indices[position]
         rng = np.random.default_rng([params.seed, iteration, position])
         image, boxes = augment.expand(samples.images[index], samples.boxes[index], params.expansions, rng)
+        if samples.defect_free and rng.random() < params.texture_mix:
+            texture = samples.images[samples.defect_free[int(rng.integers(len(samples.defect_free)))]]
+            image = augment.texture_mix(image, texture, rng)
+        if rng.random() < params.photometric:
+            image = augment.photometric(image, rng)
         inputs[slot], (sx, sy) = detector_ops.preprocess(image, size)
         scaled = boxes / np.array([sx, sy, sx, sy], np.float32)
         heatmaps[slot], cell, box_size, offset = _targets(scaled, samples.labels[index], n_classes, out_size)
