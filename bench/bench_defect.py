@@ -51,16 +51,21 @@ def score_boxes(runner, n, seed):
 
 
 def score_products(runner, n, views, seed):
+    """(rows, seconds): a row (is NG, verdict NG at the app's threshold, product score) per product, and the
+    time the calls took (one caller, one product at a time: the latency of a product's verdict)."""
     products = make_products(n, seed, views=views)
-    rows = []  # (is NG, verdict NG at the app's threshold, product score)
+    rows = []
+    elapsed = 0.0
     for product in products:
         instance = [{"body": _png(image), "attribute": {"view_id": view_id}} for view_id, image, _ in product.views]
+        called = time.perf_counter()
         result = runner.infer([instance], params={"score_threshold": 0.01})[0]
+        elapsed += time.perf_counter() - called
         if "error" in result:
             raise RuntimeError(f"product {product.product_id}: {result['error']}")
         score = max((d["score"] for view in result["views"] for d in view["defects"]), default=0.0)
         rows.append((product.ng, result["verdict"] == "NG", score))
-    return rows
+    return rows, elapsed
 
 
 def recall_precision(rows, flagged):
@@ -92,7 +97,7 @@ def main(argv=None):
     started = time.perf_counter()
     with InProcessRunner(str(args.evals), "mvi_defect", timeout=120) as runner:
         boxes = score_boxes(runner, args.images, args.seed)
-        rows = score_products(runner, args.products, args.views, args.seed + 1)
+        rows, products_s = score_products(runner, args.products, args.views, args.seed + 1)
     recall, precision = recall_precision(rows, [flag for _, flag, _ in rows])
     best = best_recall_at_precision(rows, MIN_PRECISION)
     print(f"boxes, {args.images} images of held-out surfaces: mAP@.5 {boxes['map50']:.3f}  "
@@ -103,6 +108,8 @@ def main(argv=None):
     print(f"products, {len(rows)} of {args.views} views ({n_ng} NG): at the app's NG threshold recall {recall:.3f} "
           f"precision {precision:.3f}; best recall at precision >= {MIN_PRECISION}: {best[0]:.3f} "
           f"(precision {best[1]:.3f}, threshold {best[2]:.3f})")
+    print(f"speed: {1000 * products_s / len(rows):.0f} ms per product of {args.views} views, one caller "
+          f"({len(rows) * args.views / products_s:.0f} views/s), PNG in, through the runtime")
     print(f"goals: mAP@.5 >= 0.85 {'met' if boxes['map50'] >= 0.85 else 'NOT met'}; NG recall >= 0.98 at "
           f"precision >= 0.95 {'met' if recall >= 0.98 and precision >= 0.95 else 'NOT met'} "
           f"({time.perf_counter() - started:.0f} s)")
@@ -112,6 +119,7 @@ def main(argv=None):
             "per_class": {k: {"ap50": v["ap50"], "ap": v["ap"]} for k, v in boxes["per_class"].items()},
             "products": len(rows), "ng_products": n_ng, "recall": recall, "precision": precision,
             "best_recall_at_precision": {"recall": best[0], "precision": best[1], "threshold": best[2]},
+            "ms_per_product": 1000 * products_s / len(rows),
         }, indent=2))
     return 0
 

@@ -276,6 +276,46 @@ def test_exported_app_serves_the_trainers_detections(tmp_path, data, trained):
     assert total and matched >= 0.97 * total, (matched, total)
 
 
+def test_test_time_augmentation_maps_every_heatmap_back(tmp_path, data, trained):
+    """With TTA over a group of transforms ({hflip, vflip, rot180} and the identity), the merged heatmap of a
+    flipped image is the flipped merged heatmap of the image: only true if each transform's inverse maps its
+    heatmap back onto the original cells. Without TTA, forward is the plain network call."""
+    import onnxruntime
+
+    from serving.training.export import export_onnx
+
+    params, reporter, _ = trained
+    path = export_onnx(reporter.checkpoints[-1][1], params, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
+    tensors = [detector_ops.preprocess(image, params.input_size)[0] for image in data[2][:3]]
+    plain = detector_ops.forward(session, *names, tensors)
+    np.testing.assert_array_equal(plain[0], session.run(names[1], {names[0]: np.stack(tensors)})[0])
+
+    group = ("hflip", "vflip", "rot180")
+    heatmap, size, offset = detector_ops.forward(session, *names, tensors, group)
+    assert heatmap.shape == plain[0].shape and not np.allclose(heatmap, plain[0], atol=1e-4)
+    np.testing.assert_allclose(size, plain[1], atol=1e-5)  # sizes and offsets are the plain pass's
+    np.testing.assert_allclose(offset, plain[2], atol=1e-5)
+    for name in group:
+        transform = detector_ops.TTA_TRANSFORMS[name][0]
+        moved = detector_ops.forward(session, *names, [np.ascontiguousarray(transform(t)) for t in tensors], group)
+        np.testing.assert_allclose(moved[0], transform(heatmap), atol=1e-5)
+    # The quarter turns: the plain pass of a turned image, turned back, is what TTA averages in.
+    turned = detector_ops.forward(session, *names, [np.ascontiguousarray(np.rot90(t, 1, (1, 2))) for t in tensors])
+    only_turn = detector_ops.forward(session, *names, tensors, ("rot90",))[0]
+    np.testing.assert_allclose(only_turn, (plain[0] + np.rot90(turned[0], -1, (2, 3))) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("hflip", "must be a list"), (["mirror"], "unknown transform 'mirror'"), (["hflip", "hflip"], "twice"),
+])
+def test_test_time_augmentation_setting_is_checked(value, message):
+    with pytest.raises(ValueError, match=message):
+        detector_ops.app_settings({"classes": ["a"], "input_size": 64, "tta": value})
+    assert detector_ops.app_settings({"classes": ["a"], "input_size": 64})["tta"] == ()
+
+
 def test_checkpoint_bytes_hold_everything_to_resume(trained):
     from serving.training.trainer import CHECKPOINT_FORMAT, load_state
 

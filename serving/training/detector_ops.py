@@ -102,6 +102,66 @@ def decode(heatmap, size, offset, scale=(1.0, 1.0), score_threshold=DEFAULT_SCOR
     return boxes.reshape(-1, 4), scores.astype(np.float32), classes.astype(np.int64)
 
 
+def _hflip(a):
+    return a[..., ::-1]
+
+
+def _vflip(a):
+    return a[..., ::-1, :]
+
+
+def _rot180(a):
+    return a[..., ::-1, ::-1]
+
+
+def _rot90(a):
+    return np.rot90(a, 1, axes=(-2, -1))
+
+
+def _rot270(a):
+    return np.rot90(a, -1, axes=(-2, -1))
+
+
+#: Test-time augmentation (``custom_params.tta``): transforms of the square network input, each with the inverse
+#: that maps its heatmap back onto the original's cells exactly (over the last two axes; S is a multiple of
+#: STRIDE, so a flipped or turned input flips or turns the cell grid).
+TTA_TRANSFORMS = {"hflip": (_hflip, _hflip), "vflip": (_vflip, _vflip), "rot180": (_rot180, _rot180),
+                  "rot90": (_rot90, _rot270), "rot270": (_rot270, _rot90)}
+
+
+def forward(session, input_name, output_names, tensors, tta=()):
+    """(heatmap, size, offset) of a list of 3 x S x S inputs, from one ONNX Runtime call.
+
+    With ``tta`` (names from :data:`TTA_TRANSFORMS`) the same call also runs each transform of every input, and
+    an input's heatmap is the mean of its own and of its transforms' mapped back: a defect must look like one
+    from several directions, which damps responses to one-sided texture. Sizes and offsets stay the plain
+    input's (an offset is not invariant under a flip, and the heatmap alone chooses the peaks).
+    """
+    batch = np.stack(tensors)
+    if tta:
+        batch = np.concatenate([batch] + [np.ascontiguousarray(TTA_TRANSFORMS[name][0](batch)) for name in tta])
+    heatmap, size, offset = session.run(output_names, {input_name: batch})
+    if tta:
+        n = len(tensors)
+        merged = heatmap[:n].copy()
+        for k, name in enumerate(tta, start=1):
+            merged += TTA_TRANSFORMS[name][1](heatmap[k * n:(k + 1) * n])
+        heatmap, size, offset = merged / np.float32(1 + len(tta)), size[:n], offset[:n]
+    return heatmap, size, offset
+
+
+def check_tta(value, where):
+    """``value`` as a tuple of distinct :data:`TTA_TRANSFORMS` names; ValueError naming ``where`` otherwise."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"{where} must be a list of transform names, got {value!r}")
+    unknown = [name for name in value if name not in TTA_TRANSFORMS]
+    if unknown:
+        raise ValueError(f"{where}: unknown transform {unknown[0]!r}; use some of {sorted(TTA_TRANSFORMS)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where} names a transform twice: {value!r}")
+    return tuple(value)
+
+
 def check_fraction(value, where):
     """`value` as a float in [0, 1] (a score threshold); ValueError naming `where` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -111,8 +171,8 @@ def check_fraction(value, where):
 
 def app_settings(custom_params):
     """The detector settings of an app's ``custom_params``, checked: ``{"classes", "input_size",
-    "score_threshold", "top_k"}`` (defaults DEFAULT_SCORE_THRESHOLD and DEFAULT_TOP_K). ValueError names the
-    bad key; the apps answer it as 400 at load."""
+    "score_threshold", "top_k", "tta"}`` (defaults DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K and no test-time
+    augmentation). ValueError names the bad key; the apps answer it as 400 at load."""
     classes = custom_params.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"custom_params.classes must be a list of class names, got {classes!r}")
@@ -124,7 +184,9 @@ def app_settings(custom_params):
         raise ValueError(f"custom_params.top_k must be a positive integer, got {top_k!r}")
     score_threshold = check_fraction(custom_params.get("score_threshold", DEFAULT_SCORE_THRESHOLD),
                                      "custom_params.score_threshold")
-    return {"classes": list(classes), "input_size": input_size, "score_threshold": score_threshold, "top_k": top_k}
+    tta = check_tta(custom_params.get("tta", []), "custom_params.tta")
+    return {"classes": list(classes), "input_size": input_size, "score_threshold": score_threshold, "top_k": top_k,
+            "tta": tta}
 
 
 def check_model_input(session, input_size, n_classes):

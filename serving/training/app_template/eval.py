@@ -6,7 +6,8 @@ detections served here are the ones the trainer scored on its validation set.
 
 ``create_net(configs)``
     Opens the ONNX model (one intra-op thread, no spinning) and reads ``custom_params``: ``classes``,
-    ``input_size``, ``score_threshold`` and ``top_k``.
+    ``input_size``, ``score_threshold``, ``top_k`` and ``tta`` (test-time augmentation: transforms whose
+    heatmaps are averaged with the plain one, ``detector_ops.TTA_TRANSFORMS``; none by default).
 ``net_preprocess(model, request)``
     Decodes each image (``load_image(uri, body)``) and preprocesses it with ``detector_ops.preprocess``.
 ``net_inference(model, requests)``
@@ -17,14 +18,14 @@ Requests: ``{"data": {"uri" | "body": ...}, "params": {"score_threshold": float}
 "score": float, "class": name}, ...]}`` in image pixels, best first; ``{"images": [...]}`` for a multi-image
 request. A bad image fails only its own request, with code 400.
 """
-import numpy as np
 
 from evals.utils import CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler
 from evals.utils.error import ErrorBase
 from evals.utils.onnx import onnx_session
 from evals.utils.request import request_images
 
-from .detector_ops import app_settings, check_fraction, check_model_input, decode, preprocess, to_detections
+from .detector_ops import (app_settings, check_fraction, check_model_input, decode, forward, preprocess,
+                           to_detections)
 
 BAD_REQUEST = 400
 INFERENCE_FAILED = 500
@@ -75,8 +76,8 @@ def net_inference(model, requests):
         tensors.extend(item["tensor"] for item in items)
     if tensors:
         try:
-            feeds = {model["input_name"]: np.stack(tensors)}
-            heatmap, size, offset = model["session"].run(model["output_names"], feeds)
+            heatmap, size, offset = forward(model["session"], model["input_name"], model["output_names"], tensors,
+                                            model["tta"])
         except Exception as error:  # noqa: BLE001 -- any ORT failure fails the whole batch alike
             CTX.logger.exception("detector: forward pass failed")
             return None, INFERENCE_FAILED, f"forward inference failed: {error}"
