@@ -20,7 +20,8 @@ caller run code of its choosing.
 
 Errors are ServingErrors with the runtime's codes: 400 a malformed id, a document that is not an image,
 ``image_view_num`` that disagrees with the views, no views, a repeated view id, a view image that does not
-decode; 404 an unknown image, app or model (another user's image or model is unknown: serving.ownership); the app's own code when it fails (5xx, 57x retryable).
+decode; 404 an unknown image, app or model (another user's image or model is unknown: serving.ownership); the
+app's own code when it fails (5xx, 57x retryable).
 """
 import asyncio
 import time
@@ -164,5 +165,4 @@ class Inspection:
         return await asyncio.to_thread(self._store_result, document, meta, [image_id for _, image_id in views])
 
     def _store_result(self, document, meta, image_ids):
-        return self._store().put_json(document, kind="result", meta=meta,
-                                              refs=sorted({i.lower() for i in image_ids}))
+        return self._store().put_json(document, kind="result", meta=meta, refs=sorted({i.lower() for i in image_ids}))

@@ -85,19 +85,28 @@ def replace_folder(new, target):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def model_record(store, model_id):
+    """The store Record of snapshot `model_id` as `store` (a user's view, or the whole store) sees it. JobError
+    400 for a malformed id or a document that is not a model, 404 for an unknown one."""
+    from serving.store import StoreError, check_id
+
+    try:
+        record = store.get(check_id(model_id))
+    except StoreError as exc:
+        raise JobError(exc.code, exc.message) from None
+    if record.kind != "model":
+        raise JobError(BAD_PARAMS, f"{record.id} is a {record.kind}, not a model")
+    return record
+
+
 def export_model_folder(data_dir, evals_dir, model_id, out_dir, classic_name=None):
     """Check snapshot `model_id`, import the app that made it and call its export hook into `out_dir` (which
     must not exist or be empty), in this process. JobError for a refusal."""
     from serving.jobs.worker import import_app
-    from serving.store import Store, StoreError, check_id
+    from serving.store import Store
 
     with Store(data_dir) as store:
-        try:
-            record = store.get(check_id(model_id))
-        except StoreError as exc:
-            raise JobError(exc.code, exc.message) from None
-        if record.kind != "model":
-            raise JobError(BAD_PARAMS, f"{record.id} is a {record.kind}, not a model")
+        record = model_record(store, model_id)
         app = record.meta.get("app") or ""
         _, module = import_app(evals_dir, app, classic_name)
         hook = getattr(module, "export", None)

@@ -37,7 +37,7 @@ from serving.apps import module_name_for
 from serving.jobs import db as jobdb
 from serving.jobs.codes import BAD_PARAMS, CONFLICT, INTERNAL, NO_TRAINER, NOT_FOUND, NOT_READY, JobError
 from serving.jobs.export import (check_app_name, default_app_name, export_in_subprocess, exported_apps_dir,
-                                 replace_folder)
+                                 model_record, replace_folder)
 from serving.jobs.params import PARAM_FIELDS, check_task_ids, check_train_params
 from serving.jobs.worker import append_log, child_environment, task_dir
 from serving.ownership import caller, can_see
@@ -539,8 +539,9 @@ class JobManager:
     async def export_model(self, model_id, app_name=""):
         """Export snapshot `model_id` as an app into DATA/apps/<name> and (re)load it in this server without a
         restart (serving.jobs.export). Returns {"app", "model_id", "path", "state"}. JobError: 400 malformed id or
-        name, or not a model; 404 unknown model (or another user's); 409 the name belongs to an app of the evals dir; 503 the app that
-        trained it cannot export; 500 the export or the load failed (a previous version keeps serving)."""
+        name, or not a model; 404 unknown model (or another user's); 409 the name belongs to an app of the evals
+        dir; 503 the app that trained it cannot export; 500 the export or the load failed (a previous version
+        keeps serving)."""
         record = await asyncio.to_thread(self._model_record, model_id, caller())
         name = check_app_name(app_name or default_app_name(record.meta))
         apps_dir = exported_apps_dir(self.data_dir)
@@ -566,12 +567,5 @@ class JobManager:
         return {"app": name, "model_id": record.id, "path": str((apps_dir / name).resolve()), "state": state}
 
     def _model_record(self, model_id, user):
-        from serving.store import StoreError, check_id
-
-        try:
-            record = self._store_for(user).get(check_id((model_id or "").strip()))
-        except StoreError as exc:
-            raise JobError(exc.code, exc.message) from None
-        if record.kind != "model":
-            raise JobError(BAD_PARAMS, f"{record.id} is a {record.kind}, not a model")
-        return record
+        # In a thread: the store opens on first use (SQLite and files).
+        return model_record(self._store_for(user), (model_id or "").strip())
