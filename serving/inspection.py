@@ -111,15 +111,13 @@ class Inspection:
 
     def _image_bytes(self, image_id, where):
         """The bytes of stored image `image_id` (in a thread: SQLite and file reads)."""
-        from serving.store import StoreError, check_id
+        from serving.store import StoreError
 
         store = self._store()
         try:
-            record = store.get(check_id(image_id))
+            record = store.get(image_id, kind="image")
         except StoreError as exc:
             raise ServingError(exc.code, f"{where}: {exc.message}") from None
-        if record.kind != "image":
-            raise ServingError(BAD_REQUEST, f"{where}: document {record.id} is a {record.kind}, not an image")
         return store.read_blob(record.id)
 
     async def _infer_one(self, app_name, request, request_id, timeout):

@@ -107,6 +107,19 @@ def test_unknown_id_is_404(store):
         assert info.value.code == 404
 
 
+def test_get_of_a_kind(store):
+    image_id, json_id = store.put_image(png_bytes(8, 8)), store.put_json({})
+    assert store.get(image_id.upper(), kind="image").id == image_id
+    for doc_id, kind, message in ((json_id, "image", f"document {json_id} is a json, not an image"),
+                                  (image_id, "model", f"document {image_id} is an image, not a model")):
+        with pytest.raises(StoreError) as caught:
+            store.get(doc_id, kind=kind)
+        assert (caught.value.code, caught.value.message) == (400, message)
+    with pytest.raises(StoreError) as caught:
+        store.get("0" * 24, kind="image")
+    assert caught.value.code == 404
+
+
 @pytest.mark.parametrize("data", [b"", b"hello, not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
 def test_non_images_are_refused(store, data):
     with pytest.raises(StoreError) as info:

@@ -88,15 +88,12 @@ def replace_folder(new, target):
 def model_record(store, model_id):
     """The store Record of snapshot `model_id` as `store` (a user's view, or the whole store) sees it. JobError
     400 for a malformed id or a document that is not a model, 404 for an unknown one."""
-    from serving.store import StoreError, check_id
+    from serving.store import StoreError
 
     try:
-        record = store.get(check_id(model_id))
+        return store.get(model_id, kind="model")
     except StoreError as exc:
         raise JobError(exc.code, exc.message) from None
-    if record.kind != "model":
-        raise JobError(BAD_PARAMS, f"{record.id} is a {record.kind}, not a model")
-    return record
 
 
 def export_model_folder(data_dir, evals_dir, model_id, out_dir, classic_name=None):

@@ -328,7 +328,7 @@ class JobManager:
     def _check_document(self, doc_id, field, kind, required, user):
         """Check a store id field: 400 malformed or wrong kind, 404 missing or not `user`'s to see. The id in
         lowercase, or ""."""
-        from serving.store import is_valid_id
+        from serving.store import StoreError, is_valid_id
 
         doc_id = (doc_id or "").strip()
         if not doc_id:
@@ -340,10 +340,10 @@ class JobManager:
         store = self._store_for(user)
         if not store.exists(doc_id):
             raise JobError(NOT_FOUND, f"{field} {doc_id}: no such {kind} in the store")
-        record = store.get(doc_id)
-        if record.kind != kind:
-            raise JobError(BAD_PARAMS, f"{field} {doc_id} is a {record.kind}, not a {kind}")
-        return record.id
+        try:
+            return store.get(doc_id, kind=kind).id
+        except StoreError as exc:
+            raise JobError(exc.code, f"{field}: {exc.message}") from None
 
     def _own_task(self, key, user):
         """The task `key` when `user` may see it; otherwise JobError 404 worded as for an unknown task."""

@@ -100,9 +100,10 @@ def _stored_image_size(label, store_id, store, problems):
     if not store.exists(store_id):
         problems.append(f"{label}: store_id {store_id} is not in the store (missing image)")
         return None
-    record = store.get(store_id)
-    if record.kind != IMAGE_KIND:
-        problems.append(f"{label}: store_id {store_id} is a {record.kind}, not an image")
+    try:
+        record = store.get(store_id, kind=IMAGE_KIND)
+    except StoreError as exc:
+        problems.append(f"{label}: {exc.message}")
         return None
     return record.meta.get("width"), record.meta.get("height")
 
@@ -311,7 +312,4 @@ def import_coco(store, coco_path, images_dir):
 def load_dataset(store, dataset_id):
     """The COCO document of a stored dataset: StoreError 404 for an unknown id, 400 for a malformed one or
     one that is not a dataset."""
-    record = store.get(dataset_id)
-    if record.kind != DATASET_KIND:
-        raise StoreError(BAD_REQUEST, f"document {record.id} is a {record.kind}, not a dataset")
-    return store.get_json(record.id)
+    return store.get_json(store.get(dataset_id, kind=DATASET_KIND).id)

@@ -119,6 +119,11 @@ class _PendingWrite:
     blob_path: Path
 
 
+def _a(kind):
+    """`kind` with its indefinite article: "an image", "a model"."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def _check_kind(kind):
     if not isinstance(kind, str) or not _KIND_PATTERN.fullmatch(kind):
         raise StoreError(BAD_REQUEST, f"bad kind {kind!r}: expected a lowercase name like 'json' or 'result'")
@@ -378,8 +383,9 @@ class Store:
 
     # ---- reading ------------------------------------------------------------------------------------------
 
-    def get(self, doc_id):
-        """The Record of `doc_id`: StoreError 400 when the id is malformed, 404 when no document has it."""
+    def get(self, doc_id, kind=None):
+        """The Record of `doc_id`: StoreError 400 when the id is malformed or, with `kind`, when the document is
+        of another kind ("document <id> is a json, not an image"); 404 when no document has it."""
         doc_id = check_id(doc_id)
         try:
             row = self._connection().execute(f"SELECT {_COLUMNS} FROM documents WHERE id = ?",
@@ -389,7 +395,10 @@ class Store:
         # Another user's document gets the very answer a missing one gets.
         if row is None or not can_see(row[-1], self.viewer):
             raise StoreError(NOT_FOUND, f"no document with id {doc_id}")
-        return self._record(row)
+        record = self._record(row)
+        if kind is not None and record.kind != kind:
+            raise StoreError(BAD_REQUEST, f"document {record.id} is {_a(record.kind)}, not {_a(kind)}")
+        return record
 
     def exists(self, doc_id):
         """True when `doc_id` is a well-formed id of a stored document this store (view) may see."""
