@@ -21,41 +21,23 @@ import cv2
 import torch
 
 from serving.harness.scoring import score_detection
-from serving.synth import make_splits
 from serving.training.export import export_app
-from serving.training.params import TrainParams
+from serving.training.recipe import add_training_options, load_splits, train_params
 from serving.training.trainer import EVAL_SCORE_THRESHOLD, ConsoleReporter, evaluate, model_from_state, train
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=4000, help="images in all (70/15/15 train/val/test)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_training_options(parser, n=4000, max_iters=2000, snapshot=400,
+                         max_iters_help="sized so the cosine schedule ends at about the budget at ~56 images/s")
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-time budget")
-    parser.add_argument("--max-iters", type=int, default=2000,
-                        help="sized so the cosine schedule ends at about the budget at ~56 images/s")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--snapshot", type=int, default=400)
-    parser.add_argument("--net-model", default="res18")
-    parser.add_argument("--scope", default="SMALL")
-    parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--device-num", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
 
-    started = time.perf_counter()
-    splits = make_splits(args.n, args.seed)
-    (train_images, train_coco), (val_images, val_coco), (test_images, test_coco) = (
-        splits["train"], splits["val"], splits["test"])
-    print(f"data: {len(train_images)} train / {len(val_images)} val / {len(test_images)} test (held-out surfaces) "
-          f"in {time.perf_counter() - started:.0f} s", flush=True)
-
-    params = TrainParams(net_model=args.net_model, model_scope=args.scope, lr=args.lr, max_iters=args.max_iters,
-                         batch_size=args.batch_size, snapshot_interval=args.snapshot, input_size=args.input_size,
-                         expansions=("HOR_FLIPE", "VER_FLIPE", "ROTATE_90", "VAGUE"), seed=args.seed,
-                         device_num=args.device_num)
+    (train_images, train_coco), (val_images, val_coco), (test_images, test_coco) = load_splits(args.n, args.seed)
+    params = train_params(args, device_num=args.device_num)
     reporter = ConsoleReporter(args.budget_s)
     train_started = time.perf_counter()
     result = train(params, train_coco, train_images, val_coco, val_images, reporter)

@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU; see model.json for how long the committed model took):
 
-    python -m evals.mvi_defect.build_model [--n 4000] [--iters 4000] [--seed 0] [--min-map50 0.85]
+    python -m evals.mvi_defect.build_model [--n 4000] [--max-iters 4000] [--seed 0] [--min-map50 0.85]
 
 Steps: ``serving.synth.make_splits(n, seed)`` (train and val on the training surfaces, test on the held-out
 surfaces training never sees); :func:`serving.training.trainer.train` with the settings below, a validation
@@ -30,14 +30,13 @@ import onnxruntime
 import torch
 
 from serving.harness.scoring import score_detection
-from serving.synth import make_splits
 from serving.training import detector_ops
 from serving.training.export import export_onnx
 from serving.training.params import TrainParams
+from serving.training.recipe import add_training_options, load_splits, train_params
 from serving.training.trainer import EVAL_SCORE_THRESHOLD, ConsoleReporter, evaluate, model_from_state, train
 
 HERE = Path(__file__).resolve().parent
-EXPANSIONS = ("HOR_FLIPE", "VER_FLIPE", "ROTATE_90", "VAGUE")
 DEFAULT_SCORE_THRESHOLD = 0.3
 # Every transform: +0.02 mAP@.5 on held-out surfaces (bench_defect 0.820 -> 0.842), at 6x the compute per view.
 DEFAULT_TTA = ",".join(detector_ops.TTA_TRANSFORMS)
@@ -88,15 +87,7 @@ def _figures(scores):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=4000, help="images in all (70/15/15 train/val/test)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iters", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--snapshot", type=int, default=500)
-    parser.add_argument("--net-model", default="res18")
-    parser.add_argument("--scope", default="SMALL")
-    parser.add_argument("--input-size", type=int, default=256)
+    add_training_options(parser, n=4000, max_iters=4000, snapshot=500)
     parser.add_argument("--tta", default=DEFAULT_TTA, help="comma-separated detector_ops.TTA_TRANSFORMS, or ''")
     parser.add_argument("--ng-recall", type=float, default=0.99)
     parser.add_argument("--min-map50", type=float, default=0.85)
@@ -116,21 +107,14 @@ def main(argv=None):
         args.n, args.seed = card["data"]["n"], card["data"]["seed"]
         classes = json.loads((args.out / "app.json").read_text())["custom_params"]["classes"]
 
-    started = time.perf_counter()
-    splits = make_splits(args.n, args.seed)
-    (train_images, train_coco), (val_images, val_coco), (test_images, test_coco) = (
-        splits["train"], splits["val"], splits["test"])
-    print(f"data: {len(train_images)} train / {len(val_images)} val / {len(test_images)} test (held-out surfaces) "
-          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    (train_images, train_coco), (val_images, val_coco), (test_images, test_coco) = load_splits(args.n, args.seed)
     work = Path(tempfile.mkdtemp(prefix="mvi_defect_"))
     try:
         if args.retune:
             model_path = work / "model.onnx"
             shutil.copyfile(args.out / "model.onnx", model_path)
         else:
-            params = TrainParams(net_model=args.net_model, model_scope=args.scope, lr=args.lr,
-                                 max_iters=args.iters, batch_size=args.batch_size, snapshot_interval=args.snapshot,
-                                 input_size=args.input_size, expansions=EXPANSIONS, seed=args.seed)
+            params = train_params(args)
             reporter = ConsoleReporter()
             train_started = time.perf_counter()
             train(params, train_coco, train_images, val_coco, val_images, reporter)

@@ -7,6 +7,7 @@
 - :mod:`serving.training.model`: the CenterNet-style detector and its ResNet / VGG style backbones.
 - :mod:`serving.training.trainer`: :func:`~serving.training.trainer.train`, single process or DDP on CPU.
 - :mod:`serving.training.export`: ONNX export and the generated app folder.
+- :mod:`serving.training.recipe`: the command-line options, data splits and parameters of the training scripts.
 
 Importing this package imports nothing heavy; torch is loaded by the modules that need it.
 """
