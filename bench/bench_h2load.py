@@ -1,7 +1,8 @@
 """Server capacity with a C load generator: `serving` vs a minimal grpc.aio + batcher server vs raw ONNX Runtime,
 interleaved in one run.
 
-    .venv/bin/python bench/bench_h2load.py [--rounds 3] [--requests 6000] [--in-flight 1,8,32] [--workers 1]
+    .venv/bin/python bench/bench_h2load.py [--rounds 3] [--requests 6000] [--in-flight 1,8,32]
+                                           [--workers 1] [--connections 1]
                                            [--protocol kserve|native] [--models small,large] [--floor]
 
 Needs h2load (Debian's nghttp2-client): `make bench-capacity` installs it when missing and runs this script.
@@ -133,9 +134,12 @@ def encode_request(protocol, app, image):
     return b"\0" + struct.pack(">I", len(data)) + data, path
 
 
-def h2load(port, body_file, path, requests, in_flight):
-    """(requests/s, failed requests, mean latency text) of one h2load run on one connection."""
-    run = subprocess.run(["h2load", "-n", str(requests), "-c", "1", "-m", str(in_flight), "-d", str(body_file),
+def h2load(port, body_file, path, requests, in_flight, connections=1):
+    """(requests/s, failed requests, mean latency text) of one h2load run: `in_flight` streams spread over
+    `connections` connections (at most one per stream)."""
+    connections = min(connections, in_flight)
+    run = subprocess.run(["h2load", "-n", str(requests), "-c", str(connections), "-m", str(in_flight // connections),
+                          "-d", str(body_file),
                           "-H", "content-type: application/grpc", "-H", "te: trailers",
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=600)
     rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", run.stdout)
@@ -190,10 +194,10 @@ class Server:
         if self.port is None:
             raise RuntimeError(f"{name}: the server did not start")
 
-    def load(self, body_file, path, requests, in_flight):
+    def load(self, body_file, path, requests, in_flight, connections=1):
         """h2load against this server: a result row, with the server's CPU time per request."""
         before = cpu_seconds(self.proc.pid)
-        rate, failed, mean = h2load(self.port, body_file, path, requests, in_flight)
+        rate, failed, mean = h2load(self.port, body_file, path, requests, in_flight, connections)
         cpu_ms = (cpu_seconds(self.proc.pid) - before) * 1000 / requests
         return {"requests_per_s": rate, "failed": failed, "mean_latency": mean, "cpu_ms_per_request": cpu_ms}
 
@@ -279,6 +283,9 @@ def main():
     parser.add_argument("--requests", type=int, default=6000, help="per run of the small model (large: 1/20)")
     parser.add_argument("--in-flight", default="1,8,32")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=1,
+                        help="h2load connections sharing the streams in flight (the kernel spreads connections over "
+                             "--workers)")
     parser.add_argument("--protocol", choices=["kserve", "native"], default="kserve")
     parser.add_argument("--models", default="small,large")
     parser.add_argument("--floor", action="store_true", help="add the empty-handler server (gRPC's floor)")
@@ -330,7 +337,7 @@ def main():
                 for in_flight in in_flights:
                     for server in order:
                         process, (body_file, path) = target(server, name)
-                        row = process.load(body_file, path, requests, in_flight)
+                        row = process.load(body_file, path, requests, in_flight, args.connections)
                         runs.append({"round": round_, "server": server, "model": name, "in_flight": in_flight,
                                      **row})
             print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr, flush=True)
@@ -344,12 +351,13 @@ def main():
         side = MODELS[name][0]
         print(f"{name}: 3x{side}x{side}, raw in-process {1000 / median(raws[name]):.3f} ms/image "
               f"(rounds: {', '.join(f'{r:,.0f}' for r in raws[name])} images/s)")
-    print(f"\n{args.protocol} protocol to serving, h2load on one connection, {args.workers} worker(s), "
-          f"{args.rounds} rounds; medians, ranges over rounds")
+    print(f"\n{args.protocol} protocol to serving, h2load on {args.connections} connection(s), "
+          f"{args.workers} worker(s), {args.rounds} rounds; medians, ranges over rounds")
     print_table(rows, servers)
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "h2load.json").write_text(json.dumps({"protocol": args.protocol, "workers": args.workers,
+                                                 "connections": args.connections,
                                                  "rounds": args.rounds, "rows": rows, "runs": runs,
                                                  "raw_images_per_s": raws}, indent=2))
 
