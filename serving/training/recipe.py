@@ -21,6 +21,10 @@ def add_training_options(parser, *, n, max_iters, snapshot, max_iters_help=None)
     parser.add_argument("--net-model", default="res18")
     parser.add_argument("--scope", default="SMALL")
     parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--texture-mix", type=float, default=TrainParams.texture_mix,
+                        help="share of samples given another defect-free image's relief")
+    parser.add_argument("--photometric", type=float, default=TrainParams.photometric,
+                        help="share of samples given a photometric change")
 
 
 def load_splits(n, seed):
@@ -41,4 +45,5 @@ def train_params(args, **overrides):
     return TrainParams(**{"net_model": args.net_model, "model_scope": args.scope, "lr": args.lr,
                           "max_iters": args.max_iters, "batch_size": args.batch_size,
                           "snapshot_interval": args.snapshot, "input_size": args.input_size,
-                          "expansions": EXPANSIONS, "seed": args.seed, **overrides})
+                          "expansions": EXPANSIONS, "seed": args.seed, "texture_mix": args.texture_mix,
+                          "photometric": args.photometric, **overrides})
