@@ -23,13 +23,14 @@ def test_bench_training_exported_app_matches_the_trainer(tmp_path):
 
 
 def test_build_model_writes_the_app_files_and_retunes(tmp_path):
-    done = _run(["-m", "evals.mvi_defect.build_model", *TINY, "--tta", "hflip", "--min-map50", "0",
-                 "--out", str(tmp_path)])
+    done = _run(["-m", "evals.mvi_defect.build_model", *TINY, "--tta", "hflip", "--texture-mix", "0.25",
+                 "--min-map50", "0", "--out", str(tmp_path)])
     assert done.returncode == 0, done.stdout + done.stderr
     app = json.loads((tmp_path / "app.json").read_text())
     card = json.loads((tmp_path / "model.json").read_text())
     assert app["custom_params"]["tta"] == ["hflip"] and app["custom_params"]["input_size"] == 64
-    assert card["params"]["max_iters"] == 3 and card["data"] == {"n": 60, "seed": 0}
+    assert card["params"]["max_iters"] == 3 and card["params"]["texture_mix"] == 0.25
+    assert card["data"] == {"n": 60, "seed": 0}
     assert (tmp_path / "model.onnx").stat().st_size > 0
 
     # --iters is the old name of --max-iters; a model short of --min-map50 leaves the files as they were.
