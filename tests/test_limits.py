@@ -1,6 +1,7 @@
 """Limits against a real server (serving.limits): images, instances and inputs per call, BYTES elements, decoder
 bombs, calls at once. Each refusal is a clear 4xx (or a retryable 429 for load), and what the server allocates
 stays bounded: its peak resident memory is read from /proc."""
+import collections
 import json
 import threading
 
@@ -121,9 +122,12 @@ def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_b
         results, start = [], threading.Barrier(48)
 
         def call(i):
-            with Client(host, int(port), "steady", timeout=TIMEOUT) as client:
-                start.wait()  # all at once; the 4 admitted hold their slots for 1.5 s
-                result = client.infer({"i": i, "blob": body}, params={"sleep_ms": 1500})
+            try:
+                with Client(host, int(port), "steady", timeout=TIMEOUT) as client:
+                    start.wait(TIMEOUT)  # all at once; the 4 admitted hold their slots for 1.5 s
+                    result = client.infer({"i": i, "blob": body}, params={"sleep_ms": 1500})
+            except Exception as exc:  # noqa: BLE001 -- reported by the assertions below, not lost in a thread
+                result = {"code": type(exc).__name__, "error": str(exc)}
             results.append(result[0] if isinstance(result, list) else result)
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(48)]
@@ -131,12 +135,14 @@ def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_b
             thread.start()
         for thread in threads:
             thread.join(30)
-        codes = sorted({r.get("code", 0) for r in results})
-        assert len(results) == 48 and codes == [0, 429], codes
+        codes = collections.Counter(r.get("code", 0) for r in results)
+        assert len(results) == 48 and set(codes) == {0, 429}, (len(results), codes, results[:3])
         refused = [r for r in results if r.get("code") == 429]
-        assert len(refused) >= 40 and all("Concurrent RPC limit" in r["error"] for r in refused)
-        # 48 x 4 MiB were sent at once; at most 4 calls' worth was ever held.
-        assert peak_rss_mib(pid) - before < 100
+        assert len(refused) >= 40 and all("Concurrent RPC limit" in r["error"] for r in refused), codes
+        # 48 x 4 MiB = 192 MiB were sent at once. Holding them all would grow the peak past that; the 4 admitted
+        # calls (a few copies each) and gRPC's transport buffers of the refused ones grew it by 75-94 MiB in 8 runs.
+        grown = peak_rss_mib(pid) - before
+        assert grown < 144, f"peak RSS grew {grown:.0f} MiB"
         assert psutil.Process(pid).is_running()
     finally:
         server.stop()
