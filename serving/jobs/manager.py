@@ -337,12 +337,11 @@ class JobManager:
             return ""
         if not is_valid_id(doc_id):
             raise JobError(BAD_PARAMS, f"{field} {doc_id!r} is not a 24-hex store id")
-        store = self._store_for(user)
-        if not store.exists(doc_id):
-            raise JobError(NOT_FOUND, f"{field} {doc_id}: no such {kind} in the store")
         try:
-            return store.get(doc_id, kind=kind).id
+            return self._store_for(user).get(doc_id, kind=kind).id
         except StoreError as exc:
+            if exc.code == NOT_FOUND:
+                raise JobError(NOT_FOUND, f"{field} {doc_id}: no such {kind} in the store") from None
             raise JobError(exc.code, f"{field}: {exc.message}") from None
 
     def _own_task(self, key, user):

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from serving.errors import BAD_REQUEST
+from serving.errors import BAD_REQUEST, NOT_FOUND
 from serving.store.db import DATASET_KIND, IMAGE_KIND
 from serving.store.errors import StoreError
 from serving.store.ids import is_valid_id
@@ -97,13 +97,12 @@ def _stored_image_size(label, store_id, store, problems):
         return None
     if store is None:
         return None
-    if not store.exists(store_id):
-        problems.append(f"{label}: store_id {store_id} is not in the store (missing image)")
-        return None
     try:
         record = store.get(store_id, kind=IMAGE_KIND)
     except StoreError as exc:
-        problems.append(f"{label}: {exc.message}")
+        missing = exc.code == NOT_FOUND
+        problems.append(f"{label}: store_id {store_id} is not in the store (missing image)" if missing
+                        else f"{label}: {exc.message}")
         return None
     return record.meta.get("width"), record.meta.get("height")
 
