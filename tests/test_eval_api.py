@@ -38,7 +38,7 @@ from evals.utils.helpers import (  # noqa: E402
     parse_params_file,
     value_check,
 )
-from evals.utils.image import image_header_size, load_image  # noqa: E402
+from evals.utils.image import image_header_size, load_image, square_bgr  # noqa: E402
 from evals.utils.logger import LOG_FORMAT, ReqidDefaultFilter, logger  # noqa: E402
 from evals.utils.monitor import (  # noqa: E402
     monitor_rt_forward,
@@ -561,6 +561,27 @@ def test_image_header_size_formats():
     assert load_image("a.tiff", encode(image, ".tiff")).shape == (41, 77, 3)
     with pytest.raises(E.ErrorImageTooLarge):
         load_image("wide.tiff", encode(pattern(40, 5000, channels=1), ".tiff"))
+
+
+def test_square_bgr_converts_resizes_and_refuses_malformed_arrays():
+    image = pattern(40, 80)
+    squared = square_bgr(image, 64)
+    assert squared.shape == (64, 64, 3) and squared.dtype == np.uint8
+    assert np.array_equal(square_bgr(image[:, :40], 40), image[:, :40])  # already square: unchanged
+    grey = square_bgr(pattern(50, 50, channels=1), 50)
+    assert grey.shape == (50, 50, 3) and np.array_equal(grey[..., 0], grey[..., 2])
+    bgra = np.dstack([image, np.full((40, 80), 255, np.uint8)])
+    assert np.array_equal(square_bgr(bgra, 32), square_bgr(image, 32))
+    # Both sides shrink: area interpolation averages a one-pixel line instead of dropping it.
+    lined = np.zeros((64, 64, 3), np.uint8)
+    lined[:, 1::4] = 255
+    assert square_bgr(lined, 16).min() == square_bgr(lined, 16).max() == 64
+    with pytest.raises(ValueError, match=r"got shape \(5,\)"):
+        square_bgr(np.zeros(5, np.uint8), 8)
+    with pytest.raises(ValueError, match="got float32"):
+        square_bgr(np.zeros((8, 8, 3), np.float32), 8)
+    with pytest.raises(ValueError, match="got int64"):
+        square_bgr(np.zeros((8, 8), np.int64), 8)  # not handed to OpenCV's conversion first
 
 
 # --- logger ----------------------------------------------------------------------------------------

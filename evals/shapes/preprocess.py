@@ -8,6 +8,8 @@ rebuild the model.
 import cv2
 import numpy as np
 
+from evals.utils.image import square_bgr
+
 #: Model input side in pixels.
 INPUT_SIDE = 64
 #: Shape of one preprocessed image: channels-first RGB.
@@ -24,21 +26,7 @@ def preprocess(image_bgr):
     Steps: resize to 64 x 64 (area interpolation when shrinking, so thin edges are averaged rather than
     dropped; linear when enlarging), BGR -> RGB, scale to [-1, 1], HWC -> CHW.
     """
-    image = np.asarray(image_bgr)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 BGR image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-
-    height, width = image.shape[:2]
-    if (height, width) != (INPUT_SIDE, INPUT_SIDE):
-        shrinking = height > INPUT_SIDE and width > INPUT_SIDE
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        image = cv2.resize(image, (INPUT_SIDE, INPUT_SIDE), interpolation=interpolation)
+    image = square_bgr(image_bgr, INPUT_SIDE)
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
     chw -= _MEAN

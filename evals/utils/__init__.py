@@ -12,7 +12,8 @@ from evals.utils.image import load_image
     from evals.utils.logger import logger
 
 Modules: :mod:`~evals.utils.handlers` (the decorators), :mod:`~evals.utils.context` (``CTX``),
-:mod:`~evals.utils.error` (error classes), :mod:`~evals.utils.image` (``load_image``),
+:mod:`~evals.utils.error` (error classes), :mod:`~evals.utils.image` (``load_image``; ``square_bgr``, an
+image as the square BGR array a network's preprocessing starts from),
 :mod:`~evals.utils.logger` (``logger``), :mod:`~evals.utils.monitor` (response-time histograms),
 :mod:`~evals.utils.helpers` (config and file helpers), :mod:`~evals.utils.request` (``request_images``).
 

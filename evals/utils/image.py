@@ -45,7 +45,7 @@ from evals.utils.error import (
     ErrorRemoteURI,
 )
 
-__all__ = ["load_image", "image_header_size", "set_uri_policy", "uri_roots", "cap_decoder_pixels",
+__all__ = ["load_image", "square_bgr", "image_header_size", "set_uri_policy", "uri_roots", "cap_decoder_pixels",
            "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE"]
 
 #: Largest encoded image accepted, in bytes.
@@ -129,6 +129,32 @@ def load_image(uri, body=None):
     else:
         data = _read_local(uri)
     return _decode(data, name)
+
+
+def square_bgr(image, side):
+    """`image` as a `side` x `side` BGR uint8 array, the first step of a network's preprocessing.
+
+    Grey (H x W) and BGRA images become BGR; the resize uses area interpolation when both sides shrink (thin
+    edges are averaged rather than dropped) and linear otherwise. Raises ValueError naming the shape or dtype
+    of anything else: a network input must never be guessed from a malformed array.
+    """
+    import cv2  # imported on first use: `import evals.utils` stays cheap
+    import numpy as np
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:  # first: OpenCV's own conversions would fail on it less clearly
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 BGR image, got shape {image.shape}")
+    height, width = image.shape[:2]
+    if (height, width) != (side, side):
+        shrinking = height > side and width > side
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return image
 
 
 def image_header_size(data):

@@ -5,10 +5,13 @@ very file next to the generated app's ``eval.py``. The network (and so the ONNX 
 outputs -- a per-class centre heatmap, a log box size and a sub-cell centre offset, all at ``STRIDE`` --
 and everything after that happens here, which is what makes the served detections equal the trainer's.
 
-This module must stay self-contained (numpy and OpenCV only): it is copied into app folders.
+This module is copied into app folders, so it imports only numpy, OpenCV and the eval API (``evals.utils``),
+which every served app has.
 """
 import cv2
 import numpy as np
+
+from evals.utils.image import square_bgr
 
 #: Output stride of the network: one heatmap cell per STRIDE x STRIDE input pixels.
 STRIDE = 4
@@ -29,20 +32,9 @@ def preprocess(image_bgr, input_size):
     away the overall brightness and contrast of the surface, which is what changes most between the
     training surfaces and unseen ones. ``(sx, sy)`` map network-input pixels back to image pixels.
     """
-    image = np.asarray(image_bgr)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 BGR image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    height, width = image.shape[:2]
-    if (height, width) != (input_size, input_size):
-        shrinking = height > input_size and width > input_size
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        image = cv2.resize(image, (input_size, input_size), interpolation=interpolation)
+    shape = np.shape(image_bgr)
+    image = square_bgr(image_bgr, input_size)  # raises on a malformed image before the shape is read
+    height, width = shape[:2]
     mean, std = cv2.meanStdDev(image)  # per BGR channel, float64; one fast pass over the uint8 pixels
     out = np.empty((3, input_size, input_size), np.float32)
     # Channel by channel straight into the CHW output (RGB order): no float HWC temporaries, no transpose.
