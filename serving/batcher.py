@@ -22,7 +22,7 @@ log = logging.getLogger("serving.batcher")
 class _Item:
     """One eval request on its way through the batcher."""
 
-    __slots__ = ("request", "n_images", "future", "deadline", "reqid", "queued_at")
+    __slots__ = ("request", "n_images", "future", "deadline", "reqid", "queued_at", "ran")
 
     def __init__(self, request, n_images, future, deadline, reqid):
         self.request = request
@@ -31,17 +31,22 @@ class _Item:
         self.deadline = deadline
         self.reqid = reqid
         self.queued_at = 0.0
+        self.ran = None  # (started, finished) of the net_inference call that ran it (loop time)
 
 
 _DEADLINE_PASSED = batching.Outcome(code=GATEWAY_TIMEOUT, message="deadline passed before inference")
 
 
 class BatcherStats:
-    """Running totals of one app's batcher, for KServe ModelStatistics (Triton's meaning of each field).
+    """Running totals of one app's batcher, for KServe ModelStatistics, in Triton's meaning of each field.
 
-    Counted when a batch has run: each request is a success or a failure by its outcome, with its time from
-    entering the queue to its answer; requests dropped because their deadline passed in the queue are failures.
-    Calls refused at admission (queue full, stuck app) never reach the queue and are not counted.
+    Per call (Triton's "inference request": one ModelInferRequest of N instances, one native Infer call): a
+    success or a failure (`batching.call_failure`'s rule, or its deadline passing) with its time from admission
+    to its answer; the time it waited in the queue before its first instance ran (`queue`) and the time of the
+    net_inference calls that ran its instances (`compute`), once it reached net_inference. Per net_inference
+    call that did not fail as a whole (Triton's "execution"): `execution_count`, `batches` by images in it,
+    and its successful images in `inference_count`. Calls refused at admission (queue full, stuck app) and calls
+    whose caller went away are not counted.
     """
 
     __slots__ = ("success_count", "success_ns", "fail_count", "fail_ns", "queue_count", "queue_ns",
@@ -59,31 +64,34 @@ class BatcherStats:
         self.batches = {}                           # images per call -> [calls, total ns]
 
     def record_batch(self, batch, outcomes, started, finished):
-        """One net_inference call over `batch` (items with queued_at), from `started` to `finished` (loop time)."""
-        compute_ns = int((finished - started) * 1e9)
-        images = sum(item.n_images for item in batch)
-        self.execution_count += 1
-        self.inference_count += images
-        self.compute_count += len(batch)
-        self.compute_ns += compute_ns * len(batch)
+        """One net_inference call over `batch` with these outcomes, from `started` to `finished` (loop time)."""
+        for item in batch:
+            item.ran = (started, finished)
         self.last_inference_ms = int(time.time() * 1000)
-        per_size = self.batches.setdefault(images, [0, 0])
+        if all(outcome.whole_batch for outcome in outcomes):
+            return  # the execution failed: Triton counts successful ones
+        compute_ns = int((finished - started) * 1e9)
+        self.execution_count += 1
+        self.inference_count += sum(item.n_images for item, outcome in zip(batch, outcomes) if outcome.ok)
+        per_size = self.batches.setdefault(sum(item.n_images for item in batch), [0, 0])
         per_size[0] += 1
         per_size[1] += compute_ns
-        for item, outcome in zip(batch, outcomes):
-            self.queue_count += 1
-            self.queue_ns += int((started - item.queued_at) * 1e9)
-            if outcome.code == 0:
-                self.success_count += 1
-                self.success_ns += int((finished - item.queued_at) * 1e9)
-            else:
-                self.fail_count += 1
-                self.fail_ns += int((finished - item.queued_at) * 1e9)
 
-    def record_dropped(self, item, now):
-        """A request whose deadline passed while it waited."""
-        self.fail_count += 1
-        self.fail_ns += int((now - item.queued_at) * 1e9)
+    def record_call(self, items, failed, admitted, answered):
+        """One call of `items`, admitted and answered at these loop times; `failed`: it failed as a whole."""
+        duration_ns = int((answered - admitted) * 1e9)
+        if failed:
+            self.fail_count += 1
+            self.fail_ns += duration_ns
+        else:
+            self.success_count += 1
+            self.success_ns += duration_ns
+        ran = [item for item in items if item.ran is not None]
+        if ran:
+            self.queue_count += 1
+            self.queue_ns += int(min(item.ran[0] - item.queued_at for item in ran) * 1e9)
+            self.compute_count += 1
+            self.compute_ns += int(sum(finished - started for started, finished in {item.ran for item in ran}) * 1e9)
 
 
 class Batcher:
@@ -146,7 +154,8 @@ class Batcher:
         # Deadlines stay armed: callers whose requests were in the interrupted net_inference call get their 504.
         while self._waiting:
             self._answer(self._waiting.popleft(),
-                         batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down"))
+                         batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down",
+                                          whole_batch=True))
 
     @property
     def pending(self):
@@ -214,9 +223,10 @@ class Batcher:
                 # Cancelled here, or by the caller's cancellation while it awaited this future: nobody answered.
                 self._admitted -= item.n_images
         # Decided by the outcomes, not by whether the timer ran: it may fire after the last answer arrived.
-        for outcome in outcomes:
-            if outcome is _DEADLINE_PASSED:
-                raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
+        timed_out = any(outcome is _DEADLINE_PASSED for outcome in outcomes)
+        self.stats.record_call(items, timed_out or batching.call_failure(outcomes) is not None, now, loop.time())
+        if timed_out:
+            raise ServingError(GATEWAY_TIMEOUT, f"app {self.app}: no answer within {timeout:.3g}s")
         return outcomes
 
     def _answer(self, item, outcome):
@@ -239,7 +249,7 @@ class Batcher:
         try:
             output = self._preprocess(item.request, item.reqid)
         except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
-            self._answer(item, batching.exception_outcomes(1, exc)[0])
+            self._answer(item, batching.exception_outcome(exc))
             return
         self._after_preprocess(item, output)
 
@@ -259,7 +269,7 @@ class Batcher:
                                                       item.request, item.reqid)
             self._after_preprocess(item, output)
         except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
-            self._answer(item, batching.exception_outcomes(1, exc)[0])
+            self._answer(item, batching.exception_outcome(exc))
         finally:
             self._preprocessing -= 1
             self._arrived.set()  # the loop may be waiting for this request to arrive
@@ -300,8 +310,7 @@ class Batcher:
             if item.future.done():
                 continue  # the caller cancelled or gave up
             if item.deadline <= now:
-                self._answer(item, _DEADLINE_PASSED)
-                self.stats.record_dropped(item, now)
+                self._answer(item, _DEADLINE_PASSED)  # its call counts the failure
                 continue
             live.append(item)
         return live

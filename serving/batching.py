@@ -10,13 +10,19 @@ from serving.errors import EXCEPTION, INTERNAL, is_ok
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
-    """What one request of a batch ended with: code 0 and a result, or a failure code and message."""
+    """What one request of a batch ended with: code 0 and a result, or a failure code and message.
+
+    `whole_batch` marks a failure that is not the request's own: net_inference failed for the whole batch (a batch
+    code, an exception, rets that do not match the requests) or the app shut down before running it. A call of
+    several instances fails as a whole only when each of its instances failed that way.
+    """
 
     code: int = 0
     message: str = ""
     result: object = None
     body: bytes = b""
     header: object = None
+    whole_batch: bool = False
 
     @property
     def ok(self):
@@ -41,7 +47,8 @@ def take_batch(waiting, batch_size):
 
 
 def fail_all(n, code, message):
-    return [Outcome(code=code, message=message) for _ in range(n)]
+    """`n` outcomes of a batch that failed as a whole."""
+    return [Outcome(code=code, message=message, whole_batch=True) for _ in range(n)]
 
 
 def _ret_outcome(index, ret):
@@ -97,6 +104,28 @@ def preprocess_failure(output):
     return None
 
 
+def call_failure(outcomes):
+    """The (code, message) a call fails with as a whole, or None. A call is one caller's requests (KServe: the N
+    instances of one ModelInferRequest). It fails as a whole when it is one request that failed, or when every
+    request failed because its batch failed (Outcome.whole_batch); requests that each failed on their own, even
+    all alike, leave it successful, with each request's code telling."""
+    first = outcomes[0]
+    if first.ok:
+        return None
+    if len(outcomes) == 1 or all(o.whole_batch for o in outcomes):
+        return first.code, first.message
+    return None
+
+
 def exception_outcomes(n_requests, exc):
-    """Every request of a batch fails with 599 and the exception's text when a handler raised."""
-    return fail_all(n_requests, EXCEPTION, str(exc) or type(exc).__name__)
+    """Every request of a batch fails with 599 and the exception's text when net_inference raised."""
+    return fail_all(n_requests, EXCEPTION, _exception_text(exc))
+
+
+def exception_outcome(exc):
+    """The 599 outcome of one request whose own handler (net_preprocess) raised."""
+    return Outcome(code=EXCEPTION, message=_exception_text(exc))
+
+
+def _exception_text(exc):
+    return str(exc) or type(exc).__name__

@@ -26,6 +26,13 @@ EXCEPTION = 599
 CODE_METADATA_KEY = "serving-code"
 REQUEST_ID_METADATA_KEY = "x-request-id"
 
+#: Status details longer than this are cut: gRPC carries them in a header, and a client refuses a call whose
+#: headers pass its limit (16 KiB by default) with RESOURCE_EXHAUSTED instead of the status sent. Messages
+#: quote what the caller sent (a model name, a request id), so their length is the caller's to choose.
+MAX_DETAILS_CHARS = 1000
+#: Request ids echoed in trailing metadata are cut to this many characters (the length that is logged).
+MAX_REQUEST_ID_CHARS = 128
+
 _EXACT_STATUS = {
     BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
@@ -102,11 +109,26 @@ class ServingError(Exception):
         return f"ServingError({self.code}, {self.message!r})"
 
 
+def metadata_text(text, limit):
+    """`text` as a gRPC metadata value, which must be printable ASCII: other characters escaped (messages may
+    quote Chinese names; ids come from callers), a newline as a space, at most `limit` characters."""
+    escaped = text.replace("\n", " ").encode("ascii", "backslashreplace").decode("ascii")
+    if not escaped.isprintable():  # ASCII control characters: escaped too
+        escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+    return escaped[:limit]
+
+
+def _details(message):
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return f"{message[:MAX_DETAILS_CHARS]}... ({len(message)} characters)"
+
+
 async def abort_with(context, code, message, request_id=None):
     """End a grpc.aio call with the status of `code`, `message` as details, the code (and the request id) in
     trailing metadata. This is the one place where serving codes become gRPC status."""
     trailing = [(CODE_METADATA_KEY, str(code))]
     if request_id:
-        trailing.append((REQUEST_ID_METADATA_KEY, request_id))
+        trailing.append((REQUEST_ID_METADATA_KEY, metadata_text(request_id, MAX_REQUEST_ID_CHARS)))
     context.set_trailing_metadata(tuple(trailing))
-    await context.abort(grpc_status_for(code), message)
+    await context.abort(grpc_status_for(code), _details(message))

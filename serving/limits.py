@@ -8,6 +8,8 @@ Where each limit lives and what a caller gets past it (all 4xx, or a retryable c
     images per call       serving.codec.MAX_INSTANCES_PER_CALL        413
     inputs per instance   serving.codec.MAX_INPUTS_PER_INSTANCE       413
     BYTES elements        serving.servicers.kserve.MAX_BYTES_ELEMENTS 413
+    tensor shape          serving.servicers.kserve.MAX_DIMENSIONS, MAX_ELEMENTS (the bound of a shape with a 0,
+                          which no byte count bounds)                 400
     stream in flight      serving.servicers.kserve.MAX_STREAM_IN_FLIGHT: the stream is not read further
     images waiting        app.json queue_size (per app)               429 (retry)
     params / attribute    serving.codec.MAX_JSON_BYTES, MAX_JSON_DEPTH 400

@@ -103,7 +103,9 @@ class ServingServer:
         inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), registrar)
         # KServe v2 ServerReady follows overall health: true once the apps are loaded, until shutdown begins.
         add_kserve_servicer_to_server(self.dataplane, registrar, started=lambda: self._health_task is not None)
-        store_pb2_grpc.add_StoreServicer_to_server(StoreServicer(lambda: self.store), registrar)
+        # The servicer keeps its replies under the send limit set above (413 rather than gRPC's bare refusal).
+        store_pb2_grpc.add_StoreServicer_to_server(
+            StoreServicer(lambda: self.store, max_message_bytes=self.max_message_bytes), registrar)
         inspection = Inspection(self.dataplane, lambda: self.store, self.jobs)
         mvp_services = add_mvp_servicers_to_server(self.jobs, inspection, registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)

@@ -68,8 +68,24 @@ def test_preprocess_failure():
 
 def test_exception_outcomes_are_599_with_the_text():
     outcomes = batching.exception_outcomes(2, ValueError("bad pixel"))
-    assert [(o.code, o.message) for o in outcomes] == [(599, "bad pixel")] * 2
+    assert [(o.code, o.message, o.whole_batch) for o in outcomes] == [(599, "bad pixel", True)] * 2
     assert batching.exception_outcomes(1, ValueError())[0].message == "ValueError"
+    own = batching.exception_outcome(ValueError("bad header"))  # net_preprocess's: the request's own failure
+    assert (own.code, own.message, own.whole_batch) == (599, "bad header", False)
+
+
+def test_a_call_fails_as_a_whole_when_one_request_or_its_batch_failed():
+    gone = batching.Outcome(code=404, message="gone")
+    assert batching.call_failure([gone]) == (404, "gone")
+    assert batching.call_failure([gone, gone]) is None  # each failed on its own: the codes tell
+    assert batching.call_failure([batching.Outcome(), gone]) is None
+    batch_code = batching.split_outcomes(([{}, {}], 503, "warming up"), 2)
+    assert batching.call_failure(batch_code) == (503, "warming up")
+    own_codes = batching.split_outcomes(([{"code": 503, "message": "x"}] * 2, 0, ""), 2)
+    assert batching.call_failure(own_codes) is None
+    assert batching.call_failure(batching.split_outcomes(([{}], 0, ""), 2)) == (500, "net_inference returned "
+                                                                                  "1 rets for 2 requests")
+    assert batching.call_failure([batching.Outcome(), batching.Outcome()]) is None
 
 
 @pytest.mark.parametrize("code, status", [

@@ -2,6 +2,7 @@
 datasets made with serving.synth and stored with the store API, driven with the seed's client code."""
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -322,6 +323,112 @@ def test_restart_keeps_records_and_interrupts_running_tasks(tmp_path):
         assert server.stop() == 0  # SIGTERM: graceful, the running task is checkpointed and interrupted
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         assert conn.execute("SELECT state FROM tasks WHERE task_id = '801'").fetchone()[0] == "INTERRUPTED"
+
+
+def test_resume_while_the_paused_worker_exits_keeps_max_jobs(tmp_path):
+    dataset_id = _make_dataset(tmp_path, 6, seed=4)
+    server = _start_server(tmp_path, "--max-jobs", "2")
+    try:
+        mvp = Mvp(server)
+        endless = dict(max_num_iters=100000, snap_shot_ivterval=10)
+        # net_model "linger": the worker process lives on for 1.5 s after it has written the task's end.
+        assert mvp.start(901, dataset_id, net_model="linger", **endless) == (0, "")
+        assert wait_until(lambda: len(mvp.progress(901).model_id_lst) >= 1, 30, 0.05)
+        first_pid = mvp.task(901)["pid"]
+        assert mvp.control.task_pause_request(mvp.ident(901), timeout=TIMEOUT).resCode == 0
+        assert wait_until(lambda: mvp.state(901) == "PAUSED", 10, 0.01)
+        assert _alive(first_pid)  # the race's window: attempt 1's process is still exiting
+        assert mvp.control.task_resume_request(mvp.ident(901), timeout=TIMEOUT).resCode == 0
+        assert mvp.start(902, dataset_id, **endless)[0] == 0
+        assert mvp.start(903, dataset_id, **endless)[0] == 0
+        seen = []
+        deadline = time.monotonic() + 4  # past the linger: attempt 1 has exited and the scheduler has acted
+        while time.monotonic() < deadline:
+            states = {task_id: mvp.state(task_id) for task_id in (901, 902, 903)}
+            if states[901] == "RUNNING":
+                assert not _alive(first_pid), "attempt 2 runs beside attempt 1's process"
+            seen.append(states)
+            time.sleep(0.1)
+        assert max(list(states.values()).count("RUNNING") for states in seen) <= 2, seen
+        # Attempt 2 started once attempt 1 had exited; 903 waits for a slot (--max-jobs 2).
+        assert seen[-1] == {901: "RUNNING", 902: "RUNNING", 903: "QUEUED"}, seen[-1]
+        assert mvp.task(901)["attempt"] == 2
+        assert mvp.stop(902) == 0
+        assert mvp.wait_state(903, "RUNNING") == "RUNNING"  # the queue moves on
+        assert mvp.stop(901) == 0 and mvp.stop(903) == 0
+        # Every task ends: attempt 2 is watched, so its stop is honoured like any other.
+        assert all(mvp.wait_state(task_id, "STOPPED", timeout=15) == "STOPPED" for task_id in (901, 902, 903))
+        mvp.conn.close()
+    finally:
+        server.stop()
+
+
+def test_pause_after_a_stop_is_refused_and_the_stop_stands(env):
+    mvp = env["mvp"]
+    # stubborn never polls should_stop(): the task stays RUNNING, asked to stop, until the stop escalates.
+    assert mvp.start(261, env["train"], model_name="stubborn", net_model="") == (0, "")
+    assert wait_until(lambda: len(mvp.progress(261).model_id_lst) == 1, 30, 0.1)
+    assert mvp.stop(261) == 0
+    reply = mvp.control.task_pause_request(mvp.ident(261), timeout=TIMEOUT)
+    assert reply.resCode == 409 and "stop" in reply.ErrorMsg, reply
+    assert mvp.state(261) == "RUNNING"  # still ending: the refusal did not come from a finished task
+    assert mvp.wait_state(261, "STOPPED", timeout=20) == "STOPPED"
+    assert mvp.control.task_resume_request(mvp.ident(261), timeout=TIMEOUT).resCode == 409
+
+
+def test_stream_train_progress_checks_the_model_number_as_get_train_progresses(env):
+    mvp = env["mvp"]
+    assert mvp.start(111, env["train"], max_num_iters=10, snap_shot_ivterval=5) == (0, "")
+    assert mvp.wait_state(111, "DONE") == "DONE"
+    assert len(mvp.progress(111).model_id_lst) == 2
+    # 3: past the task's models; 2**63 and up: past SQLite's integers (model_id is a uint64 on the wire).
+    for model_id in (3, 2**63, 2**64 - 1):
+        unary = mvp.progress(111, model_id=model_id)
+        assert unary.resCode == 404, model_id
+        with pytest.raises(grpc.RpcError) as info:
+            list(mvp.control.stream_train_progress(mvp.ident(111, model_id), timeout=TIMEOUT))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, (model_id, info.value.details())
+        assert info.value.details() == unary.ErrorMsg
+        assert dict(info.value.trailing_metadata())["serving-code"] == "404"
+    streamed = list(mvp.control.stream_train_progress(mvp.ident(111, 2), timeout=TIMEOUT))
+    assert [(r.model_id, r.cur_iter_num) for r in streamed] == [(2, 10)]
+
+
+def test_delete_removes_the_task_folder_so_a_reused_id_starts_afresh(env):
+    mvp = env["mvp"]
+    jobs_dir = env["data_dir"] / "jobs"
+    assert mvp.start(121, env["train"], max_num_iters=10, snap_shot_ivterval=5) == (0, "")
+    assert mvp.wait_state(121, "DONE") == "DONE"
+    assert (jobs_dir / "121_1" / "progress.jsonl").exists()
+    assert mvp.control.task_delete_request(mvp.ident(121), timeout=TIMEOUT).resCode == 0
+    assert not (jobs_dir / "121_1").exists()
+    assert not [path.name for path in jobs_dir.iterdir() if "121_1" in path.name]  # nothing left renamed
+    assert mvp.start(121, env["train"], max_num_iters=5, snap_shot_ivterval=5) == (0, "")
+    assert mvp.wait_state(121, "DONE") == "DONE"
+    lines = [json.loads(line) for line in (jobs_dir / "121_1" / "progress.jsonl").read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["START", "PROGRESS", "END"]
+    assert lines[0]["attempt"] == 1 and mvp.task(121)["attempt"] == 1
+
+
+def test_task_cli_refuses_bad_ids_and_reports_a_missing_server_without_traceback(env):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+
+    target = env["server"].target
+    for args in (["task", "show", str(2**64)], ["task", "start", "--task-id", "-1", "--dataset", "x"],
+                 ["task", "pause", "5", "--interface-id", "-3"], ["template", "start", "t", "--task-id", "x"]):
+        out = cli(*args, "--target", target)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.splitlines()[-1].startswith(f"serving {args[0]} {args[1]}: error: argument"), out.stderr
+    # The largest uint64 is an id like any other: the server answers it.
+    out = cli("task", "show", str(2**64 - 1), "--target", target)
+    assert out.returncode == 1 and out.stderr.startswith("404: unknown task"), out.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: a connection to it is refused
+        out = cli("task", "ls", "--target", f"127.0.0.1:{sock.getsockname()[1]}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("503: ") and out.stderr.rstrip().endswith("(UNAVAILABLE)"), out.stderr
 
 
 def _alive(pid):

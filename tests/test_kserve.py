@@ -190,6 +190,15 @@ def test_partial_failure_succeeds_with_codes(client):
     assert json_output(result, "app") == ["probe", None, "probe"]
 
 
+def test_instances_failing_alike_on_their_own_leave_the_call_successful(client):
+    # Not a failed batch: each instance was refused by itself, so the call answers and `code` tells.
+    result = client.infer("probe", [attributes({"fail": 400}, {"fail": 400})])
+    assert result.as_numpy("code").tolist() == [400, 400]
+    assert result.as_numpy("message").tolist() == [b"instance refused with 400"] * 2
+    preprocess_refused = client.infer("probe", [attributes({"pre_fail": 404}, {"pre_fail": 404})])
+    assert preprocess_refused.as_numpy("code").tolist() == [404, 404]
+
+
 def test_batch_failure_fails_the_call(client):
     batch_fail = {"batch_fail": [503, "model is warming up"]}
     message = expect_error("UNAVAILABLE", client.infer, "probe", [attributes({}, {})],
@@ -202,6 +211,24 @@ def test_batch_failure_fails_the_call(client):
 def test_unknown_model_is_not_found(client):
     message = expect_error("NOT_FOUND", client.infer, "no_such_app", [attributes({})])
     assert "no_such_app" in message and "probe" in message
+    # The caller's long name is quoted in the details, cut so the status still fits gRPC's header limit.
+    long_name = "m" * 30000
+    message = expect_error("NOT_FOUND", client.infer, long_name, [attributes({})])
+    assert message.startswith("unknown app 'mmm") and len(message) < 1100 and "characters)" in message
+
+
+@pytest.mark.parametrize("request_id, echoed", [
+    ("réq-é", "r\\xe9q-\\xe9"), ("line\nbreak\ttab", "line break\\x09tab"), ("x" * 20000, "x" * 128)])
+def test_a_failed_call_keeps_its_status_whatever_its_request_id(server, request_id, echoed):
+    # Metadata must be printable ASCII: the id is escaped and cut there, not allowed to break the status.
+    request = service_pb2.ModelInferRequest(model_name="probe", id=request_id)
+    request.inputs.add(name="attribute", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+        b'{"fail": 404}')
+    _, error = raw_infer(server, request)
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert error.details() == "instance refused with 404"
+    trailing = dict(error.trailing_metadata())
+    assert trailing["serving-code"] == "404" and trailing["x-request-id"] == echoed
 
 
 def test_malformed_inputs_are_invalid_argument(client):
@@ -220,6 +247,10 @@ def test_malformed_inputs_are_invalid_argument(client):
     ("FP32", [2, 2], b"\x00" * 12, "needs 16 bytes, got 12"),
     ("BYTES", [2], b"\x03\x00\x00\x00abc", "after 1 of 2 elements"),
     ("INT32", [], b"", "scalar shape"),
+    # No data, so no byte count bounds the other dimensions: still refused, not a numpy error.
+    ("FP32", [1, 2**40, 2**40, 0], b"", "is too large"),
+    ("BYTES", [0, 2**62, 2**62], b"", "is too large"),
+    ("UINT8", [1] * 40, b"\x00", "is too large"),
 ])
 def test_malformed_raw_contents_name_the_input(server, datatype, shape, raw, expected):
     request = service_pb2.ModelInferRequest(model_name="probe")
@@ -241,6 +272,18 @@ def test_typed_contents_for_clients_without_raw_bytes(server):
     tensor, raw = outputs["echo_x"]
     assert tensor.datatype == "FP32" and list(tensor.shape) == [2, 2]
     assert np.frombuffer(raw, "<f4").tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("datatype, values", [("INT8", [300]), ("UINT8", [256]), ("INT16", [70000]),
+                                              ("UINT16", [70000])])
+def test_typed_contents_out_of_range_are_invalid_argument(server, datatype, values):
+    # 8- and 16-bit integers travel in 32-bit fields, so a value may not fit its datatype.
+    request = service_pb2.ModelInferRequest(model_name="probe")
+    field = "uint_contents" if datatype.startswith("U") else "int_contents"
+    getattr(request.inputs.add(name="x", datatype=datatype, shape=[1]).contents, field).extend(values)
+    _, error = raw_infer(server, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"out of the range of {datatype}" in error.details() and "input 'x'" in error.details()
 
 
 def test_stream_infer_answers_each_request(client):
@@ -289,17 +332,36 @@ def test_statistics_grow(client):
         (stats,) = client.get_inference_statistics("probe").model_stats
         return stats
 
+    def grew(before, after):
+        infer_before, infer_after = before.inference_stats, after.inference_stats
+        return {"success": infer_after.success.count - infer_before.success.count,
+                "fail": infer_after.fail.count - infer_before.fail.count,
+                "queue": infer_after.queue.count - infer_before.queue.count,
+                "compute": infer_after.compute_infer.count - infer_before.compute_infer.count,
+                "inferences": after.inference_count - before.inference_count,
+                "executions": after.execution_count - before.execution_count}
+
+    # Triton's meaning: success and fail count requests (calls); inference_count the successful instances;
+    # execution_count the model executions that did not fail as a whole.
     before = probe_stats()
-    client.infer("probe", [attributes({}, {})])
-    expect_error("NOT_FOUND", client.infer, "probe", [attributes({"fail": 404})])
+    client.infer("probe", [attributes({}, {}, {"fail": 404})])
     after = probe_stats()
+    assert grew(before, after) == {"success": 1, "fail": 0, "queue": 1, "compute": 1, "inferences": 2,
+                                   "executions": 1}
     assert after.name == "probe" and after.version == "1"
-    assert after.inference_stats.success.count == before.inference_stats.success.count + 2
-    assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
-    assert after.inference_count >= before.inference_count + 3
-    assert after.execution_count >= before.execution_count + 2
+    assert after.inference_stats.success.ns > before.inference_stats.success.ns
     assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
     assert after.last_inference > 0 and after.batch_stats
+
+    before = after
+    expect_error("NOT_FOUND", client.infer, "probe", [attributes({"fail": 404})])
+    expect_error("UNAVAILABLE", client.infer, "probe", [attributes({}, {})],
+                 parameters={"params": json.dumps({"batch_fail": [503, "warming up"]})})
+    expect_error("INVALID_ARGUMENT", client.infer, "probe", [attributes({"pre_fail": 400})])
+    after = probe_stats()
+    # The preprocess refusal never reached net_inference: a failed call with no queue or compute time.
+    assert grew(before, after) == {"success": 0, "fail": 3, "queue": 2, "compute": 2, "inferences": 0,
+                                   "executions": 1}
     every = client.get_inference_statistics().model_stats
     assert {s.name for s in every} == {"probe", "legacy_style"}
     expect_error("NOT_FOUND", client.get_inference_statistics, "no_such_app")

@@ -60,6 +60,7 @@ States (tasks.state) and transitions:
     RUNNING --> DONE (hook returned) | FAILED (hook raised, or the worker died) |
                 STOPPED (task_stop_request) | PAUSED (task_pause_request) | INTERRUPTED (server shut down)
     QUEUED --stop--> STOPPED; QUEUED --pause--> PAUSED; PAUSED/INTERRUPTED --stop--> STOPPED
+    RUNNING and asked to stop --pause--> 409 (the stop stands; a stop after a pause replaces it)
     PAUSED / INTERRUPTED --task_resume_request--> QUEUED (the new attempt gets resume_state = last snapshot)
     DONE, FAILED, STOPPED: final (a STOPPED or DONE training task can become a template)
 

@@ -13,7 +13,10 @@
     serving export --model-id ID --out DIR [--data-dir D] [--evals E]    write the app folder only (offline)
 
 Every command takes --target HOST:PORT (default $SERVING_TARGET or localhost:9000), --token (default
-$SERVING_TOKEN) and the TLS flags of the other client commands (--tls-ca, --tls-cert, --tls-key). Output is JSON; a refused call prints "code: message" on stderr and exits 1.
+$SERVING_TOKEN) and the TLS flags of the other client commands (--tls-ca, --tls-cert, --tls-key). Output is JSON;
+a refused call prints "code: message" on stderr and exits 1, and so does a call that fails on the way (no server
+listening: "503: ... (UNAVAILABLE)"). Task ids are uint64, as on the wire: others are refused by the argument
+parser (exit 2).
 """
 import argparse
 import json
@@ -25,6 +28,19 @@ from serving.cli_args import add_client_security, client_security, json_object
 
 DEFAULT_TARGET = "localhost:9000"
 CALL_TIMEOUT_S = 30.0
+UINT64_MAX = 2**64 - 1
+
+
+def uint64(text):
+    """argparse type: a task or interface id, a uint64 as the proto's fields are (protobuf would raise on any
+    other value after parsing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= UINT64_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: ids are 0 to {UINT64_MAX}")
+    return value
 
 
 def add_job_commands(subparsers):
@@ -34,14 +50,14 @@ def add_job_commands(subparsers):
                         help="the server, HOST:PORT [SERVING_TARGET, default localhost:9000]")
     add_client_security(common)
     task_ref = argparse.ArgumentParser(add_help=False, parents=[common])
-    task_ref.add_argument("task_id", type=int)
-    task_ref.add_argument("--interface-id", type=int, default=0)
+    task_ref.add_argument("task_id", type=uint64)
+    task_ref.add_argument("--interface-id", type=uint64, default=0)
 
     task = subparsers.add_parser("task", help="MVP training and test tasks on a running server")
     task_commands = task.add_subparsers(dest="task_command", required=True)
     start = task_commands.add_parser("start", parents=[common], help="start a TRAIN or TEST task")
-    start.add_argument("--task-id", type=int, required=True)
-    start.add_argument("--interface-id", type=int, default=0)
+    start.add_argument("--task-id", type=uint64, required=True)
+    start.add_argument("--interface-id", type=uint64, default=0)
     start.add_argument("--type", choices=["train", "test"], default="train")
     start.add_argument("--dataset", default="", help="store id of the dataset (json_mongodb_id)")
     start.add_argument("--val", default="", help="store id of the validation dataset (json_val_id)")
@@ -65,8 +81,8 @@ def add_job_commands(subparsers):
     create = template_commands.add_parser("create", parents=[common], help="save a template")
     create.add_argument("name")
     create.add_argument("--description", default="")
-    create.add_argument("--from-task", type=int, default=0, help="a DONE or STOPPED training task's id")
-    create.add_argument("--from-interface-id", type=int, default=0)
+    create.add_argument("--from-task", type=uint64, default=0, help="a DONE or STOPPED training task's id")
+    create.add_argument("--from-interface-id", type=uint64, default=0)
     create.add_argument("--params", type=json_object, default=None, help="ParamClass fields as a JSON object")
     create.add_argument("--dataset", default="")
     create.add_argument("--val", default="")
@@ -79,8 +95,8 @@ def add_job_commands(subparsers):
         sub.set_defaults(func=cmd_template_query, action=name)
     tstart = template_commands.add_parser("start", parents=[common], help="start a training task from a template")
     tstart.add_argument("name")
-    tstart.add_argument("--task-id", type=int, required=True)
-    tstart.add_argument("--interface-id", type=int, default=0)
+    tstart.add_argument("--task-id", type=uint64, required=True)
+    tstart.add_argument("--interface-id", type=uint64, default=0)
     tstart.add_argument("--dataset", default="")
     tstart.add_argument("--val", default="")
     tstart.add_argument("--model", default="")
@@ -126,10 +142,25 @@ class _Connection:
         self.channel.close()
 
     def call(self, method, request, with_call=False, timeout=CALL_TIMEOUT_S):
-        """Call a unary method; with `with_call`, (reply, call) to read the trailing metadata too."""
-        if with_call:
-            return method.with_call(request, timeout=timeout, metadata=self.metadata)
-        return method(request, timeout=timeout, metadata=self.metadata)
+        """Call a unary method; with `with_call`, (reply, call) to read the trailing metadata too. A call that
+        fails (no server, refused by its auth, deadline) ends the command: "code: message" on stderr, exit 1."""
+        import grpc
+
+        try:
+            if with_call:
+                return method.with_call(request, timeout=timeout, metadata=self.metadata)
+            return method(request, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise SystemExit(_report_rpc_error(exc)) from None
+
+
+def _report_rpc_error(exc):
+    """Print a failed call as a refused one (the serving code and message, as `serving apps` reads them, and the
+    gRPC status); the exit status."""
+    from serving.client import error_of
+
+    error = error_of(exc)
+    return _report(error["code"], f"{error['error']} ({exc.code().name})")
 
 
 def _report(code, message, value_json=""):
@@ -211,8 +242,7 @@ def cmd_task_progress(args):
                 for record in conn.control.stream_train_progress(_data_task_id(args), metadata=conn.metadata):
                     print(json.dumps(_record_dict(record)), flush=True)
             except grpc.RpcError as exc:
-                code = int(dict(exc.trailing_metadata() or ()).get("serving-code", "1"))
-                return _report(code, exc.details() or exc.code().name)
+                return _report_rpc_error(exc)
             return 0
         reply = conn.call(conn.format_data.get_train_progresses, _data_task_id(args))
         if reply.resCode:

@@ -275,13 +275,19 @@ class JobDB:
     def request(self, key, what):
         """Ask a task to stop or pause. A RUNNING task gets the request flag its worker polls (the state changes
         when the worker ends); a task without a worker changes state at once. The task's state after the call.
-        JobError 409 when the task is at rest in a state the request does not apply to."""
+        JobError 409 when the task is at rest in a state the request does not apply to, and for a pause of a
+        running task asked to stop (the stop stands)."""
         with self._write() as conn:
-            row = conn.execute("SELECT state, kind FROM tasks WHERE task_id = ? AND interface_id = ?",
+            row = conn.execute("SELECT state, kind, requested FROM tasks WHERE task_id = ? AND interface_id = ?",
                                key).fetchone()
             if row is None:
                 raise JobError(NOT_FOUND, f"unknown {task_label(key)}")
             state = row["state"]
+            if state == RUNNING and what == PAUSE and row["requested"] == STOP:
+                # An accepted stop is final: a pause would turn it into a resumable PAUSED. (A stop after a pause
+                # does replace it: stopping is what the later caller wants and nothing resumable is lost.)
+                raise JobError(CONFLICT, f"{task_label(key)} is being stopped (a stop was requested): cannot pause "
+                                         "it")
             if state == RUNNING:
                 # A shutdown does not replace a stop or pause already asked for: the task still ends as asked.
                 keep = "COALESCE(requested, ?)" if what == SHUTDOWN else "?"

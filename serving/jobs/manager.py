@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from serving.apps import module_name_for
@@ -93,6 +94,8 @@ class JobManager:
         self._open_lock = None
         self._background = set()  # watcher and escalation tasks: referenced so they are not collected
         self._exporting = None  # asyncio.Lock: one export at a time (each replaces a folder and reloads an app)
+        # asyncio.Lock: a deleted task's folder is moved away before a new task of the same id creates its own
+        self._folders = None
         self._exports = 0
 
     # ---- life cycle -----------------------------------------------------------------------------------------
@@ -103,6 +106,7 @@ class JobManager:
         no file for them."""
         self._open_lock = asyncio.Lock()
         self._exporting = asyncio.Lock()
+        self._folders = asyncio.Lock()
         if (self.data_dir / jobdb.DB_FILE).exists():
             await self._opened()
 
@@ -195,10 +199,18 @@ class JobManager:
         free = self.max_jobs - len(self._workers)
         if free <= 0:
             return
-        for key in (await asyncio.to_thread(self.db.queued))[:free]:
+        for key in await asyncio.to_thread(self.db.queued):
+            if free <= 0:
+                break
+            if key in self._workers:
+                # The previous attempt's process is still exiting (a task resumed the moment it read PAUSED): it
+                # holds its slot and its _workers entry until _watch sees it end (which wakes the scheduler);
+                # the new attempt waits for that rather than run beside it, unwatched.
+                continue
             attempt = await asyncio.to_thread(self.db.mark_running, key)
             if attempt is None:
                 continue  # stopped or paused between the two reads
+            free -= 1
             try:
                 await self._spawn(key, attempt)
             except Exception as exc:
@@ -207,8 +219,9 @@ class JobManager:
 
     async def _spawn(self, key, attempt):
         folder = task_dir(self.data_dir, key)
-        folder.mkdir(parents=True, exist_ok=True)
-        log_file = open(folder / "worker.log", "ab")
+        async with self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            log_file = open(folder / "worker.log", "ab")
         args = [sys.executable, "-m", "serving.jobs.worker", "--data-dir", str(self.data_dir.resolve()),
                 "--evals", str(self.evals_dir.resolve()), "--task-id", key[0], "--interface-id", key[1],
                 "--attempt", str(attempt), "--parent-pid", str(os.getpid())]
@@ -236,7 +249,9 @@ class JobManager:
             await asyncio.to_thread(self._record_exit, worker, returncode)
         finally:
             worker.exited.set()
-            self._workers.pop(worker.key, None)
+            # Only our own entry: another attempt's worker must stay counted and escalated.
+            if self._workers.get(worker.key) is worker:
+                del self._workers[worker.key]
             self._nudge()
 
     def _record_exit(self, worker, returncode):
@@ -419,8 +434,44 @@ class JobManager:
         self._nudge()
 
     async def delete(self, key):
-        await self._task_of_caller(key)
-        await asyncio.to_thread(self.db.delete_task, key)
+        """Forget a task at rest: its records, then its folder DATA/jobs/<task>_<interface> (progress log, work
+        dir, worker log), so that a new task of the same id starts afresh. Its models stay in the store."""
+        task = await self._task_of_caller(key)
+        worker = self._workers.get(key)
+        if worker is not None and task["state"] not in jobdb.ACTIVE:
+            # The worker that ended the task may still be appending its END line: let it exit first, or the
+            # line would recreate the folder just removed.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(worker.exited.wait(), KILL_AFTER_TERM_S)
+        async with self._folders:
+            await asyncio.to_thread(self.db.delete_task, key)
+            trash = await asyncio.to_thread(self._detach_task_dir, key)
+        if trash is not None:
+            await asyncio.to_thread(self._remove_dir, trash, key)
+
+    def _detach_task_dir(self, key):
+        """Move a deleted task's folder out of the way (one rename: the id is free at once, whatever the
+        removal then does); its new path, or None when there was none or it could not be moved (logged)."""
+        folder = task_dir(self.data_dir, key)
+        trash = folder.with_name(f".deleted-{folder.name}-{os.getpid()}-{time.time_ns()}")
+        try:
+            folder.rename(trash)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("%s deleted, but its folder %s could not be removed: %s", jobdb.task_label(key), folder,
+                        exc)
+            return None
+        return trash
+
+    @staticmethod
+    def _remove_dir(path, key):
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            # The task is deleted either way; what is left lies under a hidden name no task uses.
+            log.warning("%s deleted, but its old folder %s could not be removed: %s", jobdb.task_label(key), path,
+                        exc)
 
     # ---- queries --------------------------------------------------------------------------------------------
 
@@ -432,11 +483,20 @@ class JobManager:
         await self._opened()
         return await asyncio.to_thread(self.db.list_tasks, caller())
 
-    def _train_progress(self, key, model_no, user):
+    def _checked_models(self, key, model_no, user):
+        """The models of task `key` once `user` may see it and model number `model_no` (0: all) is one of them:
+        JobError 400 for a negative number, 404 beyond the task's models (a uint64 on the wire: checked before
+        it reaches SQLite, whose integers are signed 64-bit)."""
         self._own_task(key, user)
+        if model_no < 0:
+            raise JobError(BAD_PARAMS, f"model_id must be 0 (all models) or a model number, got {model_no}")
         models = self.db.models(key)
         if model_no > len(models):
             raise JobError(NOT_FOUND, f"{jobdb.task_label(key)} has {len(models)} model(s), not model {model_no}")
+        return models
+
+    def _train_progress(self, key, model_no, user):
+        models = self._checked_models(key, model_no, user)
         return models, self.db.records(key, model_no)
 
     async def train_progress(self, key, model_no=0):
@@ -457,9 +517,11 @@ class JobManager:
         return task
 
     async def stream_records(self, key, model_no=0):
-        """Yield the task's progress rows as they are written, from the first; ends once the task is at rest."""
+        """Yield the task's progress rows as they are written, from the first; ends once the task is at rest.
+        The task and model number are checked as for train_progress (JobError before any row)."""
         await self._opened()
         user = caller()
+        await asyncio.to_thread(self._checked_models, key, model_no, user)
         after = 0
         while True:
             task = await asyncio.to_thread(self._own_task, key, user)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bstore.proto\x12\x10serving.store.v1\"6\n\nPutRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04meta\x18\x03 \x01(\t\"\x19\n\x0bPutResponse\x12\n\n\x02id\x18\x01 \x01(\t\"+\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\twith_data\x18\x02 \x01(\x08\"\x88\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0c\n\x04meta\x18\x07 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\"*\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"=\n\x0cListResponse\x12-\n\tdocuments\x18\x01 \x03(\x0b\x32\x1a.serving.store.v1.Document2\xd3\x01\n\x05Store\x12\x42\n\x03Put\x12\x1c.serving.store.v1.PutRequest\x1a\x1d.serving.store.v1.PutResponse\x12?\n\x03Get\x12\x1c.serving.store.v1.GetRequest\x1a\x1a.serving.store.v1.Document\x12\x45\n\x04List\x12\x1d.serving.store.v1.ListRequest\x1a\x1e.serving.store.v1.ListResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bstore.proto\x12\x10serving.store.v1\"6\n\nPutRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04meta\x18\x03 \x01(\t\"\x19\n\x0bPutResponse\x12\n\n\x02id\x18\x01 \x01(\t\"+\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\twith_data\x18\x02 \x01(\x08\"\x88\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0c\n\x04meta\x18\x07 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\">\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x0cListResponse\x12-\n\tdocuments\x18\x01 \x03(\x0b\x32\x1a.serving.store.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd3\x01\n\x05Store\x12\x42\n\x03Put\x12\x1c.serving.store.v1.PutRequest\x1a\x1d.serving.store.v1.PutResponse\x12?\n\x03Get\x12\x1c.serving.store.v1.GetRequest\x1a\x1a.serving.store.v1.Document\x12\x45\n\x04List\x12\x1d.serving.store.v1.ListRequest\x1a\x1e.serving.store.v1.ListResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENT']._serialized_start=162
   _globals['_DOCUMENT']._serialized_end=298
   _globals['_LISTREQUEST']._serialized_start=300
-  _globals['_LISTREQUEST']._serialized_end=342
-  _globals['_LISTRESPONSE']._serialized_start=344
-  _globals['_LISTRESPONSE']._serialized_end=405
-  _globals['_STORE']._serialized_start=408
-  _globals['_STORE']._serialized_end=619
+  _globals['_LISTREQUEST']._serialized_end=362
+  _globals['_LISTRESPONSE']._serialized_start=364
+  _globals['_LISTRESPONSE']._serialized_end=450
+  _globals['_STORE']._serialized_start=453
+  _globals['_STORE']._serialized_end=664
 # @@protoc_insertion_point(module_scope)

@@ -22,10 +22,12 @@ success) and `message` (BYTES [N]). Result keys named `code` or `message` are sh
 `outputs` list selects among them, in its order; a requested name that no instance produced is answered as a
 BYTES output of `null`s rather than failing an inference that worked. All data goes in `raw_output_contents`.
 
-Errors. With N = 1 and a failed instance, with every instance failed alike (a failed batch), or with a failure
-of the whole call, the call fails through `serving.errors.abort_with`: the status of the serving code, details
-= the message, the code in trailing metadata. With N > 1 otherwise the call succeeds and `code` says which
-instances failed. Unknown model: NOT_FOUND. Malformed request: INVALID_ARGUMENT naming what is wrong.
+Errors. With N = 1 and a failed instance, with every instance failed because its batch failed (net_inference
+failed as a whole), or with a failure of the whole call, the call fails through `serving.errors.abort_with`:
+the status of the serving code, details = the message, the code in trailing metadata. With N > 1 otherwise the
+call succeeds and `code` says which instances failed, even when each of them failed on its own. Unknown model:
+NOT_FOUND. Malformed request: INVALID_ARGUMENT naming what is wrong. Details longer than
+`serving.errors.MAX_DETAILS_CHARS` are cut, and the request id in trailing metadata is escaped to printable ASCII.
 
 Metadata. Python evals declare no tensors, so ModelMetadata and ModelConfig report the inputs `body`, `uri`,
 `attribute` (BYTES) and the outputs `code` (INT32) and `message` (BYTES), all of one element per instance
@@ -48,7 +50,7 @@ import numpy as np
 
 import serving
 from serving.apps import READY
-from serving.batching import Outcome
+from serving.batching import Outcome, call_failure
 from serving.codec import MAX_INSTANCES_PER_CALL, parse_json
 from serving.dataplane import new_request_id
 from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, PAYLOAD_TOO_LARGE, ServingError, abort_with
@@ -82,6 +84,9 @@ _DATA_KEYS = ("body", "uri", "attribute")
 # control then holds the client back), so a client that sends without reading cannot grow memory.
 MAX_BYTES_ELEMENTS = 65536
 MAX_STREAM_IN_FLIGHT = 256
+# The most dimensions of an input's shape, and elements its non-zero dimensions may span.
+MAX_DIMENSIONS = 32
+MAX_ELEMENTS = 2**40
 _LENGTH = struct.Struct("<I")
 _NULL = b"null"
 
@@ -124,6 +129,11 @@ def _tensor_shape(tensor, where):
                                         "number of instances")
     if min(shape) < 0:
         raise ServingError(BAD_REQUEST, f"{where}: negative dimension in shape {list(shape)}")
+    # A shape with a 0 in it holds no data whatever its other dimensions, so no byte count bounds them: numpy
+    # cannot shape an array past these limits, and no model has such a shape.
+    if len(shape) > MAX_DIMENSIONS or math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise ServingError(BAD_REQUEST, f"{where}: shape {list(shape)} is too large (at most {MAX_DIMENSIONS} "
+                                        f"dimensions of {MAX_ELEMENTS} elements together)")
     return shape
 
 
@@ -164,7 +174,11 @@ def decode_input(tensor, raw, where):
         if len(values) != count:
             raise ServingError(BAD_REQUEST, f"{where}: shape {list(shape)} needs {count} values in "
                                             f"contents.{field}, got {len(values)}")
-        array = np.array(values, dtype=dtype)
+        try:
+            array = np.array(values, dtype=dtype)
+        except OverflowError:  # 8- and 16-bit types travel in 32-bit fields
+            raise ServingError(BAD_REQUEST, f"{where}: a value in contents.{field} is out of the range of "
+                                            f"{datatype}") from None
         array.flags.writeable = False  # like the raw path's view of the message: evals copy before writing
     if not dtype.isnative:
         array = array.astype(dtype.newbyteorder("="))
@@ -465,17 +479,6 @@ def _mapped_response(request, outcomes):
             raws.append(join_bytes_elements(encoded[name]))
     response.raw_output_contents.extend(raws)
     return response, outcomes
-
-
-def call_failure(outcomes):
-    """The (code, message) the whole call fails with, or None: N = 1 and failed, or every instance failed with
-    the same code and message (a failed batch)."""
-    first = outcomes[0]
-    if first.ok:
-        return None
-    if all(o.code == first.code and o.message == first.message for o in outcomes[1:]):
-        return first.code, first.message
-    return None
 
 
 # ---- the servicer --------------------------------------------------------------------------------------------

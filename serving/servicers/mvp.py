@@ -14,7 +14,7 @@ import json
 import logging
 import time
 
-from serving.errors import CODE_METADATA_KEY, ServingError, abort_with
+from serving.errors import CODE_METADATA_KEY, MAX_DETAILS_CHARS, ServingError, abort_with, metadata_text
 from serving.servicers.native import request_id_of
 from serving.jobs import db as jobdb
 from serving.jobs.codes import INTERNAL, OK
@@ -25,11 +25,6 @@ log = logging.getLogger("serving.mvp")
 
 MESSAGE_METADATA_KEY = "serving-message"
 _TASK_TYPES = {pb.TRAIN: jobdb.TRAIN, pb.TEST: jobdb.TEST}
-
-
-def _ascii(text):
-    """Metadata values must be printable ASCII: escape the rest (messages may quote Chinese names)."""
-    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", " ")[:1000]
 
 
 def _key(request):
@@ -50,7 +45,8 @@ async def _answer(call, what):
 def _with_message(context, code, message):
     """Put code and message in the trailing metadata (replies whose message type has no ErrorMsg)."""
     if code != OK:
-        context.set_trailing_metadata(((CODE_METADATA_KEY, str(code)), (MESSAGE_METADATA_KEY, _ascii(message))))
+        context.set_trailing_metadata(((CODE_METADATA_KEY, str(code)),
+                                       (MESSAGE_METADATA_KEY, metadata_text(message, MAX_DETAILS_CHARS))))
 
 
 def _param_dict(message):
@@ -201,6 +197,11 @@ class TaskControlServicer(pb_grpc.TaskControlServicer):
                 yield train_record(row, request.task_id, request.interface_id)
         except ServingError as exc:
             await abort_with(context, exc.code, exc.message)
+        except Exception:
+            # As _answer does for the unary calls: a 500 that points at the log, not gRPC's UNKNOWN with the
+            # Python exception's text.
+            log.exception("stream_train_progress failed")
+            await abort_with(context, INTERNAL, "internal error in stream_train_progress (see the server log)")
 
     async def template_create(self, request, context):
         spec = {"name": request.name, "description": request.description,

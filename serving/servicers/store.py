@@ -3,23 +3,62 @@
 SQLite and file I/O block, so every call runs on a worker thread (`asyncio.to_thread`), never on the event loop.
 Each call sees the store as its caller (serving.ownership): documents it puts belong to the caller, and another
 user's documents answer NOT_FOUND as missing ones do.
+
+Replies stay under the server's message size limit (`max_message_bytes`, what the server is built with), where
+gRPC would otherwise refuse them with a bare RESOURCE_EXHAUSTED after the work was done: Get with data answers
+413 for a document too large for one message before reading its blob, and List answers pages: at most `limit`
+records (DEFAULT_PAGE_SIZE when 0, never more than MAX_PAGE_SIZE), newest first, cut short where the next
+record would pass the limit, and a `next_page_token` while more follow.
 """
 import asyncio
+import base64
+import binascii
 import json
+import math
 
 from serving import codec
-from serving.errors import BAD_REQUEST, INTERNAL, ServingError, abort_with
+from serving.errors import BAD_REQUEST, INTERNAL, PAYLOAD_TOO_LARGE, ServingError, abort_with
 from serving.ownership import caller
 from serving.proto import store_pb2 as pb
 from serving.proto import store_pb2_grpc as pb_grpc
 from serving.store.datasets import put_dataset
 from serving.store.db import DATASET_KIND, IMAGE_KIND
+from serving.store.ids import is_valid_id
+
+# List's page size when the request's limit is 0, and the most one page holds whatever the limit asks.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Room left in a reply for what is not a document: the page token, field tags, gRPC framing.
+_REPLY_RESERVE_BYTES = 4096
+# Upper bound of the tag and length prefix of one embedded message or bytes field.
+_FIELD_PREFIX_BYTES = 11
 
 
 def _document(record, data=b""):
     return pb.Document(id=record.id, kind=record.kind, created_at=record.created_at,
                        content_type=record.content_type, size=record.size, sha256=record.sha256,
                        meta=json.dumps(record.meta), data=data)
+
+
+def _page_token(record):
+    """The opaque token of the page after `record`: its listing position (created_at, id)."""
+    text = json.dumps([record.created_at, record.id])
+    return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii")
+
+
+def _position(token):
+    """The listing position a page token carries; 400 when the token is not one this service issued."""
+    try:
+        created_at, doc_id = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) or not is_valid_id(doc_id):
+            raise ValueError("not a position")
+        created_at = float(created_at)
+        if not math.isfinite(created_at):
+            raise ValueError("not a time")
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
+        raise ServingError(BAD_REQUEST, "page_token is not a token a List reply gave (send it back unchanged, "
+                                        "with the same kind)") from None
+    return created_at, doc_id
 
 
 def _decode_json(data, what):
@@ -30,10 +69,12 @@ def _decode_json(data, what):
 
 
 class StoreServicer(pb_grpc.StoreServicer):
-    def __init__(self, get_store):
+    def __init__(self, get_store, max_message_bytes=codec.DEFAULT_MAX_MESSAGE_BYTES):
         # A callable: the server opens its store when a call first needs it, so a server that never stores
         # creates no files.
         self._get_store = get_store
+        # The server's max send message size: replies over it would fail in gRPC, after the work was done.
+        self._max_message_bytes = int(max_message_bytes)
 
     @property
     def store(self):
@@ -51,12 +92,46 @@ class StoreServicer(pb_grpc.StoreServicer):
         return self.store.put_blob(request.data, request.kind, meta)
 
     def _get(self, request):
-        record = self.store.get(request.id)
-        return _document(record, self.store.read_blob(request.id) if request.with_data else b"")
+        store = self.store
+        document = _document(store.get(request.id))
+        if not request.with_data:
+            return document
+        # Checked from the record, before the blob is read: a 40 MB model would otherwise be read into memory
+        # only for gRPC to refuse the reply with a bare RESOURCE_EXHAUSTED.
+        reply_bytes = document.ByteSize() + _FIELD_PREFIX_BYTES + document.size
+        if reply_bytes > self._max_message_bytes:
+            raise ServingError(PAYLOAD_TOO_LARGE, f"document {document.id} is {document.size} bytes, too large "
+                                                  f"for one reply of this server (at most {self._max_message_bytes}"
+                                                  " bytes a message, serve --max-message-mb): get its record "
+                                                  "without data, or its bytes from the data folder with `serving "
+                                                  f"store get {document.id} --out FILE`")
+        document.data = store.read_blob(document.id)
+        return document
 
     def _list(self, request):
-        records = self.store.list(request.kind or None, request.limit or None, newest_first=True)
-        return pb.ListResponse(documents=[_document(record) for record in records])
+        if request.limit < 0:
+            raise ServingError(BAD_REQUEST, f"limit must be 0 (a page of {DEFAULT_PAGE_SIZE}) or a page size up "
+                                            f"to {MAX_PAGE_SIZE}, got {request.limit}")
+        page_size = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _position(request.page_token) if request.page_token else None
+        # One more than the page: whether a next page exists, without a count of every row.
+        records = self.store.list(request.kind or None, page_size + 1, newest_first=True, after=after)
+        more = len(records) > page_size
+        budget = self._max_message_bytes - _REPLY_RESERVE_BYTES
+        documents, used = [], 0
+        for record in records[:page_size]:
+            document = _document(record)
+            size = document.ByteSize() + _FIELD_PREFIX_BYTES
+            if used + size > budget:
+                if not documents:  # even alone it could not be sent: say which, rather than loop on it
+                    raise ServingError(PAYLOAD_TOO_LARGE, f"the record of {record.id} is {size} bytes (its meta), "
+                                                          "too large for one reply of this server")
+                more = True  # the rest follow on the next page
+                break
+            documents.append(document)
+            used += size
+        token = _page_token(records[len(documents) - 1]) if more else ""
+        return pb.ListResponse(documents=documents, next_page_token=token)
 
     async def _call(self, context, work, request):
         try:

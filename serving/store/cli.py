@@ -4,7 +4,7 @@
     serving store put-json FILE [--kind K]              prints the new id (last line); --kind dataset validates
     serving store put-blob FILE --kind K                prints the new id (last line), e.g. --kind model
     serving store get ID [--out FILE] [--record]        prints a JSON document (or its record), or writes the blob
-    serving store ls [--kind K] [--limit N]             one JSON record per line, oldest first
+    serving store ls [--kind K] [--limit N]             one JSON record per line, oldest first (all, page by page)
     serving store check [--blobs]                       SQLite integrity (and blob checksums); exit 1 on problems
     serving store gc [--min-age S]                      remove orphan blobs left by crashes
     serving dataset import --coco FILE --images DIR     prints a summary, then the new dataset id (last line)
@@ -63,7 +63,7 @@ def add_store_commands(subparsers):
 
     ls = store_commands.add_parser("ls", parents=[common], help="list documents, one JSON record per line")
     ls.add_argument("--kind", default=None)
-    ls.add_argument("--limit", type=int, default=None, help="only the newest N")
+    ls.add_argument("--limit", type=int, default=None, help="only the newest N (default: every document)")
     ls.set_defaults(func=cmd_ls)
 
     check = store_commands.add_parser("check", parents=[common], help="check the database (and the blobs)")
@@ -122,7 +122,12 @@ def _read_file(path):
 
 
 def _print_json(value, indent=None):
-    print(json.dumps(value, indent=indent, ensure_ascii=False))
+    try:
+        text = json.dumps(value, indent=indent, ensure_ascii=False)
+    except RecursionError:
+        # The indenting encoder recurses deeper per level than the compact one that stored the document.
+        text = json.dumps(value, ensure_ascii=False)
+    print(text)
 
 
 def cmd_put_image(args):
@@ -139,6 +144,8 @@ def cmd_put_json(args):
         value = json.loads(_read_file(args.file))
     except ValueError as exc:
         raise StoreError(BAD_REQUEST, f"{args.file} is not JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses per nesting level
+        raise StoreError(BAD_REQUEST, f"{args.file} nests too deeply to be read as JSON") from None
     with _open(args) as store:
         if args.kind == DATASET_KIND:
             print(put_dataset(store, value, meta={"source": args.file.name}))
@@ -175,10 +182,13 @@ def cmd_get(args):
 
 def cmd_ls(args):
     with _open(args) as store:
-        records = store.list(kind=args.kind, limit=args.limit, newest_first=args.limit is not None)
-    if args.limit is not None:
-        records.reverse()  # the newest N, still printed oldest first
-    for record in records:
+        if args.limit is None:
+            # Page by page (Store.iter_records): memory stays bounded however many documents there are.
+            for record in store.iter_records(kind=args.kind):
+                _print_json(record.to_dict())
+            return 0
+        records = store.list(kind=args.kind, limit=args.limit, newest_first=True)
+    for record in reversed(records):  # the newest N, still printed oldest first
         _print_json(record.to_dict())
     return 0
 

@@ -235,12 +235,20 @@ def _read_coco(coco_path):
         return json.loads(text)
     except ValueError as exc:
         raise StoreError(BAD_REQUEST, f"{coco_path} is not JSON: {exc}") from None
+    except RecursionError:  # json's parser recurses per nesting level; a COCO file nests a few levels
+        raise StoreError(BAD_REQUEST, f"{coco_path} nests too deeply to be read as JSON") from None
 
 
 def _image_file(images_dir, file_name):
-    """The path of `file_name` under `images_dir`; None when it would leave that folder (absolute, '..')."""
+    """The path of `file_name` under `images_dir`; None when it would leave that folder (absolute, '..').
+    ValueError when no path can have that name (a NUL or a lone surrogate in it)."""
     root = images_dir.resolve()
-    path = (root / file_name).resolve()
+    try:
+        path = (root / file_name).resolve()
+    except UnicodeEncodeError:
+        raise ValueError("it holds a lone surrogate, which no file name can") from None
+    except ValueError:  # the OS takes no NUL in a path
+        raise ValueError("it holds a NUL character, which no file name can") from None
     return path if path.is_relative_to(root) else None
 
 
@@ -271,7 +279,11 @@ def import_coco(store, coco_path, images_dir):
                 new_images.append(image)  # validate_coco reports what is wrong or checks the store id
                 continue
             label = _image_label(index, image)
-            path = _image_file(images_dir, name)
+            try:
+                path = _image_file(images_dir, name)
+            except ValueError as exc:
+                problems.append(f"{label}: file name is not a path: {exc}")
+                continue
             if path is None:
                 problems.append(f"{label}: file name leaves the images folder")
                 continue

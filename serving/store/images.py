@@ -26,21 +26,34 @@ def sniff_format(data):
 def inspect_image(data, where="image"):
     """Decode `data` with OpenCV and describe it: {"format", "content_type", "width", "height", "channels"}.
 
-    StoreError 400 when the bytes are empty or do not decode, or when a side is over MAX_IMAGE_SIDE (read from
-    the header before decoding where the format allows, as evals.utils.load_image does): the store never holds
-    an "image" that the apps could not read back.
+    StoreError 400 when the bytes are empty or do not decode, or break a limit of the apps' image loader
+    (evals.utils.image.load_image): over MAX_IMAGE_BYTES, a side over MAX_IMAGE_SIDE or of MIN_IMAGE_SIDE px
+    or less. Sizes are read from the header before decoding where the format allows, as load_image does. The
+    limits are load_image's own constants, so the store never holds an "image" that the apps could not read back.
     """
     import cv2  # imported here: the store's other users (listing, JSON documents) do not need OpenCV loaded
     import numpy as np
 
-    from evals.utils.image import MAX_IMAGE_SIDE, image_header_size, over_decoder_pixel_limit
+    from evals.utils.image import (MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, image_header_size,
+                                   over_decoder_pixel_limit)
 
     if not data:
         raise StoreError(BAD_REQUEST, f"{where}: empty, not an image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise StoreError(BAD_REQUEST, f"{where}: {len(data)} bytes, over the {MAX_IMAGE_BYTES} bytes "
+                                      f"({MAX_IMAGE_BYTES / 2**20:g} MiB) the apps read")
     too_large = StoreError(BAD_REQUEST, f"{where}: a side is over {MAX_IMAGE_SIDE} px")
+
+    def check_sides(width, height):
+        if max(width, height) > MAX_IMAGE_SIDE:
+            raise too_large
+        if min(width, height) <= MIN_IMAGE_SIDE:
+            raise StoreError(BAD_REQUEST, f"{where}: {width}x{height} px, too small: the apps need both sides "
+                                          f"over {MIN_IMAGE_SIDE} px")
+
     size = image_header_size(data)
-    if size is not None and max(size) > MAX_IMAGE_SIDE:
-        raise too_large
+    if size is not None:
+        check_sides(*size)
     image_format, content_type = sniff_format(data)
     try:
         array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -52,8 +65,7 @@ def inspect_image(data, where="image"):
         hint = f" (its header says {image_format})" if image_format else ""
         raise StoreError(BAD_REQUEST, f"{where}: not a decodable image{hint}")
     height, width = array.shape[:2]
-    if max(height, width) > MAX_IMAGE_SIDE:
-        raise too_large
+    check_sides(width, height)
     channels = 1 if array.ndim == 2 else int(array.shape[2])
     return {"format": image_format or "other", "content_type": content_type or "application/octet-stream",
             "width": int(width), "height": int(height), "channels": channels}

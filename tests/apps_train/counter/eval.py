@@ -5,11 +5,14 @@ Training: `max_num_iters` iterations of `batch_size` images (augmented as datase
 rotation, blur), each a step of `lr` towards the batch means; loss is the squared distance before the step.
 Every iteration sleeps ITER_SLEEP_S so that the tests can stop and pause it mid-run. Snapshots every
 `snap_shot_ivterval` iterations and at the end (or when asked to stop); a resumed task continues from its
-last snapshot's iteration and weights. net_model "crash" raises after two iterations (the failure test).
+last snapshot's iteration and weights. net_model "crash" raises after two iterations (the failure test);
+net_model "linger" trains as usual, but its worker process lives on for LINGER_S after it has written the task's
+end (an exit hook), so that a test can act on the task while its previous attempt's process is still exiting.
 
 Test: predicts each image's ground truth boxes (score 0.9) plus the learned mean box of every category (score
 0.1), so that the evaluation plumbing has something non-trivial to score.
 """
+import atexit
 import io
 import time
 
@@ -18,9 +21,10 @@ import numpy as np
 from evals.utils import create_net_handler, net_inference_handler
 
 ITER_SLEEP_S = 0.05
+LINGER_S = 1.5
 PROGRESS_EVERY = 5
 THUMB = 16
-TRAIN_NET_MODELS = ("counter", "res101", "resnet", "crash")
+TRAIN_NET_MODELS = ("counter", "res101", "resnet", "crash", "linger")
 
 
 @create_net_handler
@@ -80,6 +84,8 @@ def _load(data):
 
 def train(job):
     params = job.params
+    if params["net_model"] == "linger":
+        atexit.register(time.sleep, LINGER_S)  # runs after the worker has written the end and returned
     coco, images = job.train_dataset()
     thumbs = np.stack([_thumbnail(image) for image in images])
     boxes = _relative_boxes(coco)
