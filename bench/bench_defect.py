@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 
+from serving.codec import Failure
 from serving.harness.scoring import score_detection
 from serving.inprocess import InProcessRunner
 from serving.synth import make_split
@@ -48,7 +49,7 @@ def score_boxes(runner, n, seed):
         results = runner.infer([{"body": _png(image)} for image in images[start:start + CHUNK]],
                                params={"score_threshold": 0.01})
         for meta, result in zip(metas, results):
-            if "error" in result:
+            if isinstance(result, Failure):
                 raise RuntimeError(f"{meta['file_name']}: {result['error']}")
             predictions[meta["file_name"]] = result
     return score_detection(coco, predictions)
@@ -65,7 +66,7 @@ def score_products(runner, n, views, seed):
         called = time.perf_counter()
         result = runner.infer([instance], params={"score_threshold": 0.01})[0]
         elapsed += time.perf_counter() - called
-        if "error" in result:
+        if isinstance(result, Failure):
             raise RuntimeError(f"product {product.product_id}: {result['error']}")
         score = max((d["score"] for view in result["views"] for d in view["defects"]), default=0.0)
         rows.append((product.ng, result["verdict"] == "NG", score))

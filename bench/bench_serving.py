@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from evals.shapes.data import make_dataset  # noqa: E402
 from evals.shapes.preprocess import preprocess  # noqa: E402
 from serving.client import AsyncClient  # noqa: E402
+from serving.codec import Failure  # noqa: E402
 
 
 def percentiles(latencies):
@@ -105,7 +106,7 @@ async def drive(port, app, instances, in_flight, duration, warmup):
                 result = await client.infer(instances[i % len(instances)])
                 if record:
                     latencies.append(time.perf_counter() - started)
-                    errors += not isinstance(result, list) or "error" in result[0]
+                    errors += not isinstance(result, list) or isinstance(result[0], Failure)
                 i += in_flight
 
         until = time.perf_counter() + warmup

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from serving.codec import Failure
 from serving.harness.scoring import score_detection
 from serving.training.export import export_app
 from serving.training.recipe import add_training_options, load_splits, train_params
@@ -81,7 +82,7 @@ def _check_app(state, params, classes, coco, images, trainer_scores):
                 metas = coco["images"][start:start + 8]
                 bodies = [cv2.imencode(".png", image)[1].tobytes() for image in images[start:start + 8]]
                 for meta, served in zip(metas, runner.infer([{"body": body} for body in bodies])):
-                    if "error" in served:
+                    if isinstance(served, Failure):
                         raise RuntimeError(f"the app failed on {meta['file_name']}: {served['error']}")
                     predictions[meta["file_name"]] = served
         served = score_detection(coco, {k: _result(v) for k, v in predictions.items()})

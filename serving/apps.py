@@ -13,6 +13,10 @@ In both, DIR is appended to `evals.__path__`, so any shared package under it is 
 
 An app that fails to import or whose create_net fails is FAILED with its reason: it is logged, its health is
 NOT_SERVING and its requests get 503 with the reason; the other apps keep serving.
+
+The `serving_app_ready{app}` gauge is written by the registry only, from the version it serves: during a reload
+two App objects share one name, and the one being retired (or a new one that failed to load) must not mark the
+version that serves not ready.
 """
 import asyncio
 import concurrent.futures
@@ -162,14 +166,12 @@ class App:
                                preprocess=preprocess, preprocess_executor=self._preprocess_executor)
         self.batcher.start()
         self.state = READY
-        metrics.APP_READY.labels(self.name).set(1)
         log.info("app %s: ready (batch_size=%d)", self.name, self.config.batch_size)
         return self
 
     def _fail(self, reason):
         self.state = FAILED
         self.reason = reason
-        metrics.APP_READY.labels(self.name).set(0)
         log.error("app %s: FAILED: %s", self.name, reason)
         if self._inference_thread is not None:
             self._inference_thread.shutdown()
@@ -251,7 +253,6 @@ class App:
             self._inference_thread.shutdown()
         if self.state != FAILED:
             self.state = STOPPED
-        metrics.APP_READY.labels(self.name).set(0)
 
 
 def _freeze_heap():
@@ -265,6 +266,16 @@ def _freeze_heap():
     """
     gc.collect()
     gc.freeze()
+
+
+def _log_orphaned_outcome(task):
+    """Log how a load or unload ended when its caller had gone: nobody else is told."""
+    if task.cancelled():
+        log.warning("%s: cancelled (the server is stopping)", task.get_name())
+    elif task.exception() is not None:
+        log.warning("%s: failed: %s", task.get_name(), _short_reason(task.exception()))
+    else:
+        log.info("%s: done", task.get_name())
 
 
 class _LoadError(Exception):
@@ -282,6 +293,15 @@ class AppRegistry:
         self.extra_dirs = tuple(Path(folder).resolve() for folder in extra_dirs)
         self.apps = {}
         self._reloading = asyncio.Lock()  # one load/unload at a time: each reads and swaps self.apps
+        # The loads and unloads under way, each a task of its own (see _complete): referenced here so that one
+        # whose caller went away is not garbage-collected mid-way, and so that close() can end them.
+        self._operations = set()
+        self._closed = False
+
+    def _publish_ready(self, name):
+        """Set serving_app_ready{app=name} from the version the registry serves now (0 when none: unloaded)."""
+        app = self.apps.get(name)
+        metrics.APP_READY.labels(name).set(1 if app is not None and app.state == READY else 0)
 
     def _discover(self):
         """[(name, folder, package)] of every app on disk: the evals dir's, then the extra dirs' not shadowed."""
@@ -312,8 +332,10 @@ class AppRegistry:
             self.apps[name] = app
             if skip and name in skip:
                 app._fail(str(skip[name]))
+                self._publish_ready(name)
                 continue
             await app.load()
+            self._publish_ready(name)
             if strict and app.state == FAILED:
                 raise ConfigError(f"app {name} failed to load: {app.reason}")
         _freeze_heap()
@@ -327,8 +349,17 @@ class AppRegistry:
         return app
 
     async def close(self):
+        """Close every app. A load or unload still under way (its caller may have gone) is cancelled first, as the
+        server is stopping: the version it was retiring is closed by _retire, one it was loading by _load_app."""
+        self._closed = True
+        operations = list(self._operations)
+        for task in operations:
+            task.cancel()
+        if operations:
+            await asyncio.gather(*operations, return_exceptions=True)
         for app in self.apps.values():
             await app.close()
+            metrics.APP_READY.labels(app.name).set(0)
 
     def folders(self):
         """{app name: (app folder, package)} of the apps on disk now, loaded or not."""
@@ -342,7 +373,42 @@ class AppRegistry:
         admitted (bounded by its request_timeout_s) and is closed. A load that fails leaves the old app serving
         and raises ServingError: 404 when no such folder exists, 400 when its app.json is invalid, 500 when
         eval.py or create_net failed. Returns the new App.
+
+        Once started, a load completes even when its caller goes away (a KServe client's deadline passes while
+        the old version drains): see _complete.
         """
+        return await self._complete(self._load_app(name), f"load of app {name}")
+
+    async def unload_app(self, name):
+        """Stop serving app `name`: later calls get 404; calls it already admitted are answered first (bounded
+        by its request_timeout_s), then it is closed. Raises ServingError 404 when no such app is loaded.
+
+        Once started, an unload completes even when its caller goes away: see _complete."""
+        return await self._complete(self._unload_app(name), f"unload of app {name}")
+
+    async def _complete(self, operation, what):
+        """Run a load or unload as a task of its own and wait for its outcome.
+
+        Cancelling the caller (its RPC's deadline passed, its client hung up) only stops the waiting: were the
+        operation cancelled with it, a swap already made would leave the retired version drained but never closed
+        (its batcher task, inference thread and model alive for good), and an unload would have removed the app
+        without closing it. The registry thus only ever moves from one consistent state to the next; the caller
+        is told it gave up, not that the operation was undone."""
+        if self._closed:
+            operation.close()
+            raise ServingError(UNAVAILABLE, f"{what}: the server is stopping")
+        task = asyncio.get_running_loop().create_task(operation, name=what)
+        self._operations.add(task)
+        task.add_done_callback(self._operations.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                log.warning("%s: its caller went away; it completes without it", what)
+                task.add_done_callback(_log_orphaned_outcome)
+            raise
+
+    async def _load_app(self, name):
         async with self._reloading:
             folder = self.folders().get(name)
             if folder is None:
@@ -352,26 +418,32 @@ class AppRegistry:
             load_app_config(app_dir)
             _add_to_evals_path(self.evals_dir)
             new = App(name, app_dir, package)
-            await new.load()
+            try:
+                await new.load()
+            except asyncio.CancelledError:
+                # Only close() cancels a load (the server is stopping): create_net may still be running on the
+                # new app's thread, which ends once it returns.
+                await new.close()
+                raise
             if new.state != READY:
                 await new.close()
                 raise ServingError(INTERNAL, f"app {name} failed to load, the previous version keeps serving: "
                                              f"{new.reason}")
             old = self.apps.get(name)
             self.apps[name] = new
+            self._publish_ready(name)
             if old is not None:
                 await self._retire(old)
-                # The old app's close marked the shared per-app gauge not ready; the new one is.
-                metrics.APP_READY.labels(name).set(1)
             log.info("app %s: loaded from %s", name, app_dir)
             return new
 
-    async def unload_app(self, name):
-        """Stop serving app `name`: later calls get 404; calls it already admitted are answered first (bounded
-        by its request_timeout_s), then it is closed. Raises ServingError 404 when no such app is loaded."""
+    async def _unload_app(self, name):
         async with self._reloading:
             app = self.get(name)
             del self.apps[name]
+            # Unloaded, the app does not serve: its gauge reads 0 (kept, not removed, as its health stays
+            # NOT_SERVING), until a later load serves it again.
+            self._publish_ready(name)
             await self._retire(app)
             log.info("app %s: unloaded", name)
 
@@ -379,9 +451,13 @@ class AppRegistry:
     async def _retire(app):
         """Drain and close an app that is no longer in the registry."""
         timeout = app.config.request_timeout_s if app.config is not None else 0.0
-        if not await app.drain(timeout):
-            log.warning("app %s: requests still pending after %.1fs; closing anyway", app.name, timeout)
-        await app.close()
-        # The retired app's reference cycles (and its model) must be collectable, whenever the last reference to
-        # it goes (an armed deadline timer may hold it for request_timeout_s): the heap is not frozen again.
-        gc.unfreeze()
+        try:
+            if not await app.drain(timeout):
+                log.warning("app %s: requests still pending after %.1fs; closing anyway", app.name, timeout)
+        finally:
+            # Closed even when the drain is cut short (close() at shutdown cancels it): an app out of the
+            # registry that is never closed is never closed at all.
+            await app.close()
+            # The retired app's reference cycles (and its model) must be collectable, whenever the last reference
+            # to it goes (an armed deadline timer may hold it for request_timeout_s): the heap is not frozen again.
+            gc.unfreeze()

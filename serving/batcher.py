@@ -215,13 +215,17 @@ class Batcher:
             outcomes = [await item.future for item in items]
         finally:
             self._deadlines.cancel(expiry)
-            for item in items:  # the caller is gone (cancelled): the loop drops what is still pending
+            abandoned = False
+            for item in items:  # the caller is gone (cancelled): what is still pending leaves the queue
                 if not item.future.done():
                     item.future.cancel()
                 elif not item.future.cancelled():
                     continue  # answered: counted out by _answer
                 # Cancelled here, or by the caller's cancellation while it awaited this future: nobody answered.
                 self._admitted -= item.n_images
+                abandoned = True
+            if abandoned:
+                self._drop_answered()
         # Decided by the outcomes, not by whether the timer ran: it may fire after the last answer arrived.
         timed_out = any(outcome is _DEADLINE_PASSED for outcome in outcomes)
         self.stats.record_call(items, timed_out or batching.call_failure(outcomes) is not None, now, loop.time())
@@ -239,6 +243,17 @@ class Batcher:
     def _expire(self, items):
         for item in items:
             self._answer(item, _DEADLINE_PASSED)
+        self._drop_answered()
+
+    def _drop_answered(self):
+        """Take requests already answered (deadline passed, caller gone) out of the waiting queue now, with their
+        payloads: the queue's bound counts only live requests, so while a long net_inference call runs, callers
+        that keep timing out would otherwise pile up there without limit."""
+        waiting = self._waiting
+        live = [item for item in waiting if not item.future.done()]
+        if len(live) != len(waiting):
+            waiting.clear()
+            waiting.extend(live)
 
     def _enqueue(self, item, now=None):
         item.queued_at = self._loop.time() if now is None else now
@@ -254,6 +269,8 @@ class Batcher:
         self._after_preprocess(item, output)
 
     def _after_preprocess(self, item, output):
+        if item.future.done():
+            return  # answered meanwhile (deadline, caller gone): nothing to queue
         failure = batching.preprocess_failure(output)
         if failure is not None:
             self._answer(item, failure)

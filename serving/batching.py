@@ -51,22 +51,46 @@ def fail_all(n, code, message):
     return [Outcome(code=code, message=message, whole_batch=True) for _ in range(n)]
 
 
+_INT32 = range(-2**31, 2**31)
+
+
+def _bad_code(code):
+    """Why a code an eval returned cannot be used (None when it can): the wire carries codes as int32."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        return f"a non-integer code {code!r}"
+    if code not in _INT32:
+        return f"code {code}, outside the 32-bit range codes travel in"
+    return None
+
+
+def _text(message):
+    """An eval's message as text every transport can carry: what UTF-8 cannot encode (a lone surrogate, as
+    os.fsdecode makes of an undecodable file name) escaped."""
+    text = str(message)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _ret_outcome(index, ret):
     if not isinstance(ret, dict):
         return Outcome(code=INTERNAL, message=f"net_inference ret {index} is a {type(ret).__name__}, not a dict")
     code = ret.get("code", 0)
     if code is None:
         code = 0
-    if isinstance(code, bool) or not isinstance(code, int):
-        return Outcome(code=INTERNAL, message=f"net_inference ret {index} has a non-integer code {code!r}")
-    message = ret.get("message") or ""
+    problem = _bad_code(code)
+    if problem:
+        return Outcome(code=INTERNAL, message=f"net_inference ret {index} has {problem}")
+    message = _text(ret.get("message") or "")
     if not is_ok(code):
-        return Outcome(code=code, message=str(message) or f"eval failed with code {code}")
+        return Outcome(code=code, message=message or f"eval failed with code {code}")
     body = ret.get("body") or b""
     if isinstance(body, str):
-        body = body.encode("utf-8")
-    return Outcome(code=0, message=str(message), result=ret.get("result"), body=bytes(body),
-                   header=ret.get("header"))
+        body = body.encode("utf-8", "backslashreplace")
+    return Outcome(code=0, message=message, result=ret.get("result"), body=bytes(body), header=ret.get("header"))
 
 
 def split_outcomes(output, n_requests):
@@ -79,10 +103,11 @@ def split_outcomes(output, n_requests):
         return fail_all(n_requests, INTERNAL,
                         f"net_inference must return (rets, code, message), got {type(output).__name__}")
     rets, code, message = output
-    if isinstance(code, bool) or not isinstance(code, int):
-        return fail_all(n_requests, INTERNAL, f"net_inference returned a non-integer code {code!r}")
+    problem = _bad_code(code)
+    if problem:
+        return fail_all(n_requests, INTERNAL, f"net_inference returned {problem}")
     if not is_ok(code) and message:
-        return fail_all(n_requests, code, str(message))
+        return fail_all(n_requests, code, _text(message))
     if not isinstance(rets, (list, tuple)) or len(rets) != n_requests:
         got = f"{len(rets)} rets" if isinstance(rets, (list, tuple)) else f"rets of type {type(rets).__name__}"
         return fail_all(n_requests, INTERNAL, f"net_inference returned {got} for {n_requests} requests")
@@ -95,10 +120,11 @@ def preprocess_failure(output):
         return Outcome(code=INTERNAL,
                        message=f"net_preprocess must return (request, code, message), got {type(output).__name__}")
     request, code, message = output
-    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
-        return Outcome(code=INTERNAL, message=f"net_preprocess returned a non-integer code {code!r}")
+    problem = _bad_code(code) if code is not None else None
+    if problem:
+        return Outcome(code=INTERNAL, message=f"net_preprocess returned {problem}")
     if code is not None and not is_ok(code):
-        return Outcome(code=code, message=str(message) or f"net_preprocess failed with code {code}")
+        return Outcome(code=code, message=_text(message or "") or f"net_preprocess failed with code {code}")
     if not isinstance(request, dict):
         return Outcome(code=INTERNAL, message=f"net_preprocess returned a {type(request).__name__}, not a request dict")
     return None
@@ -128,4 +154,4 @@ def exception_outcome(exc):
 
 
 def _exception_text(exc):
-    return str(exc) or type(exc).__name__
+    return _text(str(exc) or type(exc).__name__)

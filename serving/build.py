@@ -14,13 +14,32 @@ The context holds everything the image needs and nothing that lives elsewhere:
     evals/<app>/_external/<key>/<name>/...                   model_files / custom_files of app.json that
                                                              lie outside the app folder; the context's
                                                              app.json is rewritten to point at them
+    evals/src/                                               a copy of the app's src/, when it has one
 
 In the image the context lands in /workspace/serving (the seed's runtime root) and `serving serve` serves
 /workspace/serving/evals.
+
+What the app folder holds is copied as plain files and folders, so the context depends on nothing of the build
+host:
+- a model_files / custom_files path of app.json that is absolute but lies inside the app folder is rewritten
+  relative to it (the host's path does not exist in the image);
+- a link to a file is copied as the file it points to; a link to a folder is followed only when the folder lies
+  inside the app folder and does not contain the link (a loop); a broken link, a link to a folder outside the app
+  folder and anything that is not a file or a folder are refused, naming the link. Everything is checked before
+  --out is touched, and a build that fails while writing removes what it wrote.
+- a classic-layout app (seed 003's: eval.py with its code under src/, imported as `evals.src.*`, served with
+  `--app-name`) loads in the image as it does from its folder: the image serves evals/ as a folder of apps, where
+  the app is evals/<app>/, so its src/ is also copied to evals/src/, where `evals.src` resolves (`src` is never an
+  app name, so the server does not take it for an app). An app of the folder-per-app layout with a src/ of its
+  own (imported as `evals.<app>.src`) is unaffected by the extra copy.
 """
+import fnmatch
 import hashlib
 import json
+import os
+import shlex
 import shutil
+import stat
 from pathlib import Path
 
 from serving.apps import _APP_NAME, _RESERVED
@@ -32,6 +51,8 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("cpu", "gpu")
 EXTERNAL_DIR = "_external"
 BUILD_INFO = "build-info.json"
+# The classic layout's code folder, imported as evals.src (see the module docstring).
+CLASSIC_SRC = "src"
 # Runtime files and folders copied from the checkout, as (path in the checkout, required).
 _RUNTIME_FILES = (("setup.cfg", True), ("pyproject.toml", True), ("README.md", False))
 _RUNTIME_TREES = ("serving", "protos", "evals/utils")
@@ -55,7 +76,8 @@ def build_context(app_dir, out_dir, *, device="cpu", app_name=None, force=False)
     """Write the Docker build context of the app in `app_dir` into `out_dir` and return out_dir (resolved).
 
     `app_name` names the app in the image (default: the folder name). A non-empty `out_dir` is refused unless
-    `force`, which empties it first. Raises BuildError (or the ConfigError of a bad app.json) naming the problem.
+    `force`, which empties it first. Raises BuildError (or the ConfigError of a bad app.json) naming the problem;
+    then `out_dir` holds nothing of this build.
     """
     if device not in DEVICES:
         raise BuildError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -68,22 +90,44 @@ def build_context(app_dir, out_dir, *, device="cpu", app_name=None, force=False)
     dockerfile = SOURCE_ROOT / "dockerfiles" / f"Dockerfile.{device}"
     if not dockerfile.is_file():
         raise BuildError(f"no Dockerfile for device {device}: {dockerfile} not found")
-    out_dir = _prepare_out_dir(Path(out_dir).resolve(), app_dir, force)
-
-    _copy_runtime(out_dir)
-    app_out = out_dir / "evals" / app_name
-    shutil.copytree(app_dir, app_out, ignore=shutil.ignore_patterns(*_IGNORED))
-    _internalize_external_files(app_dir, app_out)
-    shutil.copyfile(dockerfile, out_dir / "Dockerfile")
-    (out_dir / ".dockerignore").write_text(_DOCKERIGNORE, encoding="utf-8")
-    _write_build_info(out_dir, app_name, device)
+    # Everything the app contributes is planned (and every link checked) before --out is touched: a refused app
+    # leaves --out as it was.
+    app_files = _tree_files(app_dir, app_dir, "app folder")
+    config, external_files = _plan_app_config(app_dir)
+    classic_files = []
+    if (None, Path(CLASSIC_SRC)) in app_files:  # the app folder has a src/ folder
+        classic_files = [(source, relative) for source, relative in app_files if relative.parts[0] == CLASSIC_SRC]
+    out_dir = Path(out_dir).resolve()
+    existed = out_dir.exists()
+    out_dir = _prepare_out_dir(out_dir, app_dir, force)
+    try:
+        _copy_runtime(out_dir)
+        evals_out = out_dir / "evals"
+        app_out = evals_out / app_name
+        _copy_files(app_files, app_out)
+        _copy_files(external_files, app_out)
+        _copy_files(classic_files, evals_out)
+        if config is not None:
+            (app_out / "app.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        shutil.copyfile(dockerfile, out_dir / "Dockerfile")
+        (out_dir / ".dockerignore").write_text(_DOCKERIGNORE, encoding="utf-8")
+        _write_build_info(out_dir, app_name, device)
+    except BaseException as error:
+        # No half-written context: one that looks complete could be built into an image missing files.
+        _undo_out_dir(out_dir, existed)
+        if isinstance(error, OSError):
+            what = f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
+            raise BuildError(f"writing the build context failed ({what}); nothing of it is left in {out_dir}") \
+                from None
+        raise
     return out_dir
 
 
 def docker_build_command(out_dir, app_name, device="cpu"):
-    """The `docker build` command line that builds the image of a context made by build_context."""
+    """The `docker build` command line that builds the image of a context made by build_context, quoted for a
+    POSIX shell (a path with a space or a quote pastes as one argument)."""
     suffix = "" if device == "cpu" else f"-{device}"
-    return f"docker build -t serving-{app_name.lower()}{suffix} {out_dir}"
+    return shlex.join(["docker", "build", "-t", f"serving-{app_name.lower()}{suffix}", str(out_dir)])
 
 
 def _check_app(app_dir, app_name):
@@ -120,6 +164,18 @@ def _prepare_out_dir(out_dir, app_dir, force):
     return out_dir
 
 
+def _undo_out_dir(out_dir, existed):
+    """Remove what a failed build wrote: the folder itself when the build made it, else its contents."""
+    if not existed:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for child in out_dir.iterdir() if out_dir.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def _copy_runtime(out_dir):
     """The runtime source: what `pip install .` in the image needs, and the eval API."""
     for name, required in _RUNTIME_FILES:
@@ -135,31 +191,106 @@ def _copy_runtime(out_dir):
     shutil.copyfile(SOURCE_ROOT / "evals" / "__init__.py", out_dir / "evals" / "__init__.py")
 
 
-def _internalize_external_files(app_dir, app_out):
-    """Copy the app.json files that lie outside the app folder into `_external/` and rewrite app.json to them.
+def _ignored(name):
+    return any(fnmatch.fnmatch(name, pattern) for pattern in _IGNORED)
 
-    Paths inside the app folder already travel with it and are left as written."""
+
+def _tree_files(root, top, what, prefix=Path()):
+    """[(source, path in the copy)] of everything under folder `root` (`source` None for a folder, so empty ones
+    are kept), with links resolved by the rules of the module docstring. `top` is the folder that links to
+    folders must stay inside (the app folder, or an external folder of app.json); `what` names it in errors.
+    Raises BuildError naming a refused link or entry."""
+    top = top.resolve()
+    found = []
+
+    def walk(folder, relative, ancestors):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            raise BuildError(f"cannot read {folder}: {error.strerror}") from None
+        for entry in entries:
+            if _ignored(entry.name):
+                continue
+            path, inside = Path(entry.path), relative / entry.name
+            shown = _link_shown(path) if entry.is_symlink() else str(path)
+            try:
+                info = path.stat()  # follows links: what the copy would hold
+            except FileNotFoundError:
+                raise BuildError(f"{shown} is broken: its target does not exist; remove the link or make it "
+                                 f"point at a file") from None
+            except OSError as error:
+                raise BuildError(f"cannot read {shown}: {error.strerror}") from None
+            if stat.S_ISDIR(info.st_mode):
+                real = path.resolve()
+                if entry.is_symlink():
+                    if not _is_within(real, top):
+                        raise BuildError(f"{shown} leads to a folder outside the {what} ({top}); a build never "
+                                         f"follows folder links out of it: copy the folder in, or name it in "
+                                         f"app.json model_files / custom_files")
+                    if real in ancestors:
+                        raise BuildError(f"{shown} leads to a folder that contains it: a loop")
+                found.append((None, prefix / inside))
+                walk(real, inside, ancestors | {real})
+            elif stat.S_ISREG(info.st_mode):
+                found.append((path.resolve(), prefix / inside))
+            else:
+                raise BuildError(f"{shown} is neither a file nor a folder (a pipe, a socket or a device); a build "
+                                 f"copies only those")
+
+    walk(root.resolve(), Path(), frozenset({root.resolve()}))
+    return found
+
+
+def _link_shown(path):
+    try:
+        return f"link {path} -> {os.readlink(path)}"
+    except OSError:
+        return f"link {path}"
+
+
+def _plan_app_config(app_dir):
+    """``(app.json rewritten for the context or None when it needs no change, [(source, path in the app's copy)]
+    of the external files)``.
+
+    A path outside the app folder is copied into `_external/` and pointed at there; an absolute path inside it is
+    made relative to it (it travels with the folder; the host's path does not exist in the image). Other paths
+    are left as written."""
     config_path = app_dir / "app.json"
     if not config_path.is_file():
-        return
+        return None, []
     raw = json.loads(config_path.read_text(encoding="utf-8"))  # load_app_config validated it already
-    changed = False
+    changed, files = False, []
     for key in _FILE_KEYS:
         for name, path in (raw.get(key) or {}).items():
             full = (app_dir / path).resolve()  # an absolute `path` replaces app_dir
             if _is_within(full, app_dir):
+                if Path(path).is_absolute():
+                    raw[key][name] = full.relative_to(app_dir).as_posix() if full != app_dir else "."
+                    changed = True
                 continue
             relative = Path(EXTERNAL_DIR) / key / name / full.name
-            target = app_out / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
             if full.is_dir():
-                shutil.copytree(full, target, ignore=shutil.ignore_patterns(*_IGNORED))
+                files.append((None, relative))
+                files.extend(_tree_files(full, full, f"folder of {key}.{name}", relative))
+            elif full.is_file():
+                files.append((full, relative))
             else:
-                shutil.copyfile(full, target)
+                raise BuildError(f"app.json {key}.{name}: {full} is neither a file nor a folder (a pipe, a socket "
+                                 f"or a device); a build copies only those")
             raw[key][name] = relative.as_posix()
             changed = True
-    if changed:
-        (app_out / "app.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    return (raw if changed else None), files
+
+
+def _copy_files(files, destination):
+    """Write the planned `files` ([(source or None for a folder, relative path)]) under `destination`."""
+    for source, relative in files:
+        target = destination / relative
+        if source is None:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
 
 def sha256_of(path):

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from serving.cli_args import add_client_security, client_security, host_port, json_object
-from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.codec import DEFAULT_MAX_MESSAGE_BYTES, Failure
 from serving.limits import DEFAULT_MAX_CONCURRENT_RPCS
 from serving.workers import DEFAULT_RESTART_BACKOFF_S
 from serving.harness.runner import to_jsonable
@@ -111,7 +111,18 @@ def build_parser():
     test.add_argument("--labels", type=Path, help="labels: {file: text|class} JSON, or COCO JSON for boxes")
     test.add_argument("--task", choices=["text", "class", "detection"], help="override label auto-detection")
     test.add_argument("--out", type=Path, default=None, help="output folder (default out/test-<app>)")
-    test.add_argument("--concurrency", type=int, default=4)
+
+    def at_least_one(text):
+        # 0 would start no call and wait forever; argparse's own error (usage, exit 2) says so at once.
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < 1:
+            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        return value
+
+    test.add_argument("--concurrency", type=at_least_one, default=4, help="calls in flight at once (>= 1)")
     test.add_argument("--params", type=json_object, default=None)
     test.add_argument("--timeout", type=float, default=60.0)
     test.add_argument("--no-progress", action="store_true")
@@ -126,6 +137,7 @@ def build_parser():
                         help="HOST:PORT (default localhost:$SERVING_PORT, for a container's HEALTHCHECK)")
     health.add_argument("--service", default="", help="service or app name; default: the whole server")
     health.add_argument("--timeout", type=float, default=3.0)
+    add_client_security(health)  # its TLS defaults come from the environment: a container's HEALTHCHECK is bare
 
     build = commands.add_parser("build", help="write the Docker build context of one app (seed 003's build_pre)")
     build.add_argument("app_dir", type=Path, help="the app folder, e.g. evals/shapes")
@@ -253,19 +265,39 @@ def cmd_infer(args):
                 continue
             result = client.infer({"body": body}, args.params)
             result = result[0] if isinstance(result, list) else result
-            failed += "error" in result
+            failed += isinstance(result, Failure)
             print(json.dumps({"file": str(path), **to_jsonable(result)}), flush=True)
     return 1 if failed else 0
 
 
 def cmd_test(args):
     from serving.harness import collect_images, format_summary, run_harness
+    from serving.harness.inputs import display_name
+    from serving.harness.scoring import detect_task, load_labels
 
-    images = collect_images(args.images or args.list)
-    if not images:
-        print(f"serving test: no images in {args.images or args.list}", file=sys.stderr)
-        return 1
+    source = args.images or args.list
     out_dir = args.out or Path("out") / f"test-{args.app}"
+    # Every input is read and checked before the app starts (in-process, loading it can take a minute): a mistake
+    # on the command line ends at once with one line and exit 2, like argparse's and ServingError's.
+    try:
+        images = collect_images(source)
+        labels = load_labels(args.labels) if args.labels is not None else None
+        if labels is not None and args.task is not None:
+            detect_task(labels, {}, args.task)  # only checks that the forced task fits the labels
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out {display_name(str(out_dir))}: is a file, not a folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # str() of an OSError is "[Errno 2] No such file or directory: '...'"; the path first reads better.
+        what = f"{display_name(str(exc.filename))}: {exc.strerror}" if exc.filename and exc.strerror else exc
+        print(f"serving test: {what}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"serving test: {exc}", file=sys.stderr)
+        return 2
+    if not images:
+        print(f"serving test: no images in {display_name(str(source))}", file=sys.stderr)
+        return 1
     if args.target:
         from serving.client import Client
 
@@ -280,7 +312,7 @@ def cmd_test(args):
         return result[0] if isinstance(result, list) else result
 
     try:
-        summary = run_harness(infer, images, out_dir, app=args.app, labels_path=args.labels, task=args.task,
+        summary = run_harness(infer, images, out_dir, app=args.app, labels=labels, task=args.task,
                               concurrency=args.concurrency, params=args.params, progress=not args.no_progress)
     finally:
         runner.close()
@@ -309,11 +341,19 @@ def cmd_health(args):
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from serving.tls import channel_credentials
+
     target = "%s:%d" % args.target
-    with grpc.insecure_channel(target) as channel:
+    tls = (args.tls_ca, args.tls_cert, args.tls_key)
+    # As serving.client.Client: any TLS flag makes the channel TLS (a bad PEM path is a ServingError: exit 2). Health
+    # needs no token on the server, but one given (--token, SERVING_TOKEN) is sent like every client command does.
+    channel = (grpc.secure_channel(target, channel_credentials(*tls)) if any(v is not None for v in tls)
+               else grpc.insecure_channel(target))
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             print(f"{target} {args.service or '(server)'}: {exc.code().name} {exc.details() or ''}".rstrip(),
                   file=sys.stderr)

@@ -25,12 +25,16 @@ def host_port(text):
 
 
 def add_client_security(parser):
-    """The security flags of a client command: bearer token and TLS."""
+    """The security flags of a client command: bearer token and TLS, each defaulting to an environment variable
+    (a container's HEALTHCHECK runs a bare `serving health`, so a TLS server's CA must come from there)."""
     parser.add_argument("--token", default=os.environ.get("SERVING_TOKEN") or None,
                         help="bearer token sent on every call [SERVING_TOKEN; prefer it: flags show in ps]")
-    parser.add_argument("--tls-ca", type=Path, default=None, help="PEM CA of the server's certificate (TLS)")
-    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
+    parser.add_argument("--tls-ca", type=Path, default=os.environ.get("SERVING_TLS_CA") or None,
+                        help="PEM CA of the server's certificate (TLS) [SERVING_TLS_CA]")
+    parser.add_argument("--tls-cert", type=Path, default=os.environ.get("SERVING_TLS_CLIENT_CERT") or None,
+                        help="PEM client certificate (mutual TLS) [SERVING_TLS_CLIENT_CERT]")
+    parser.add_argument("--tls-key", type=Path, default=os.environ.get("SERVING_TLS_CLIENT_KEY") or None,
+                        help="PEM key of --tls-cert [SERVING_TLS_CLIENT_KEY]")
 
 
 def client_security(args):

@@ -9,8 +9,9 @@ or bytes; `uri`, `body` and `attribute` land in the request's data where evals e
 list of dicts is a multi-image request.
 
 `infer` returns a list with one dict per instance: the result's keys (numpy arrays and numpy scalars for tensors,
-plain values otherwise, "body" when the eval returned bytes), or {"error": message, "code": code} for a failed
-instance. A failure of the whole call returns one dict {"error": message, "code": code}.
+plain values otherwise, "body" when the eval returned bytes), or a `Failure`, the dict {"error": message, "code":
+code}, for a failed instance. A failure of the whole call returns one `Failure`. Test `isinstance(r, Failure)`:
+an eval's own result may hold an "error" key.
 
 `AsyncClient` has the same interface with `async def infer`, for callers with many calls in flight.
 
@@ -24,7 +25,7 @@ import grpc
 
 from serving import codec
 from serving.auth import AUTHORIZATION_METADATA_KEY
-from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
+from serving.codec import DEFAULT_MAX_MESSAGE_BYTES, Failure
 from serving.errors import CODE_METADATA_KEY, REQUEST_ID_METADATA_KEY, code_for_grpc_status
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
@@ -37,8 +38,8 @@ def _channel_options(max_message_bytes):
 
 
 def error_of(rpc_error):
-    """{"error": message, "code": code} of a failed call: the serving code from trailing metadata when the
-    server sent one, else the code of the gRPC status."""
+    """The Failure ({"error": message, "code": code}) of a failed call: the serving code from trailing metadata
+    when the server sent one, else the code of the gRPC status."""
     code = None
     for key, value in rpc_error.trailing_metadata() or ():
         if key == CODE_METADATA_KEY:
@@ -48,7 +49,7 @@ def error_of(rpc_error):
                 code = None
     if code is None:
         code = code_for_grpc_status(rpc_error.code(), rpc_error.details())
-    return {"error": rpc_error.details() or rpc_error.code().name, "code": code}
+    return Failure(rpc_error.details() or rpc_error.code().name, code)
 
 
 class _ClientBase:

@@ -94,15 +94,30 @@ def _dict_to_instance(data):
     for key, value in data.items():
         if not isinstance(key, str):
             raise TypeError(f"instance keys must be str, got {key!r}")
-        if key == "uri" and isinstance(value, str):
+        if key == "uri":
+            if not isinstance(value, str):
+                raise TypeError(f"uri must be a str, got {type(value).__name__}")
             instance.uri = value
-        elif key == "body" and isinstance(value, (bytes, bytearray, memoryview)):
-            instance.body = bytes(value)
-        elif key == "attribute" and not isinstance(value, (bytes, np.ndarray, np.generic)):
+        elif key == "body":
+            instance.body = _body_bytes(value)
+        elif key == "attribute":
+            if isinstance(value, (bytes, bytearray, memoryview, np.ndarray, np.generic)):
+                raise TypeError(f"attribute must be a JSON value (a dict, list, str, number), got "
+                                f"{type(value).__name__}")
             instance.attribute = json.dumps(value)
         else:
             instance.inputs[key].CopyFrom(python_to_value(key, value))
     return instance
+
+
+def _body_bytes(value):
+    """An instance's body as bytes: bytes-like, or a uint8 array (what cv2.imencode returns)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.tobytes()
+    raise TypeError(f"body must be the encoded image as bytes (or a uint8 array, as cv2.imencode gives), got "
+                    f"{type(value).__name__}" + (f" of {value.dtype}" if isinstance(value, np.ndarray) else ""))
 
 
 def instances_to_request(app, method, instances, params=None):
@@ -115,6 +130,8 @@ def instances_to_request(app, method, instances, params=None):
     request = pb.InferRequest(app=app, method=method, params=json.dumps(params) if params else "")
     for item in instances:
         if isinstance(item, (list, tuple)):
+            if not item:
+                raise TypeError("a multi-image instance (a list of dicts) needs at least one image")
             multi = request.instances.add()
             for image in item:
                 multi.images.append(_dict_to_instance(image))
@@ -245,11 +262,22 @@ def outcome_from_error(error):
 
 # ---- client side: result -> Python ---------------------------------------------------------------------------------
 
+class Failure(dict):
+    """A failed instance or call as the clients return it: {"error": message, "code": code}.
+
+    A dict, to print and to serialise as JSON; tell it from a result by its type (`isinstance(r, Failure)`), not
+    by an "error" key, which an eval's own result may hold.
+    """
+
+    def __init__(self, message, code):
+        super().__init__(error=message, code=code)
+
+
 def result_to_dict(result):
     """The client's view of one Result: the result's keys (numpy arrays and scalars for tensors, plus "body"
-    when the eval returned one), or {"error": message, "code": code} for a failed instance."""
+    when the eval returned one), or a Failure for a failed instance."""
     if result.code != 0:
-        return {"error": result.message, "code": result.code}
+        return Failure(result.message, result.code)
     tensors = result.tensors
 
     def restore(obj):

@@ -69,16 +69,30 @@ class AppConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(AppConfig)}
 
 
+# The most each integer knob may be: far past any real app, and inside what the runtime and the wire carry
+# (KServe's max_batch_size is an int32; a call carries at most serving.codec.MAX_INSTANCES_PER_CALL images).
+_MAXIMUM = {"batch_size": 65536, "queue_size": 2**20, "preprocess_workers": 256}
+
+
 def _positive_int(where, key, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    if value > _MAXIMUM[key]:
+        shown = f"{value}" if value < 10**20 else f"an integer of {len(str(value))} digits"
+        raise ConfigError(f"{where}: {key} must be at most {_MAXIMUM[key]}, got {shown}")
     return value
 
 
 def _number(where, key, value, *, allow_zero):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    bound = ">= 0" if allow_zero else "> 0"
+    try:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        # JSON integers have no size limit: 10**400 is valid JSON, but no float (isfinite converts). Not repeated
+        # in full: it may be thousands of digits.
+        raise ConfigError(f"{where}: {key} must be a number {bound}, got an integer too large for a float "
+                          f"({value.bit_length()} bits)") from None
     if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{where}: {key} must be a number {bound}, got {value!r}")
     return float(value)
 
@@ -139,10 +153,16 @@ def validate(raw, app_dir, where="app.json"):
 def load_app_config(app_dir):
     """Read `app_dir/app.json` (optional) and return the effective AppConfig."""
     path = Path(app_dir) / "app.json"
-    if not path.exists():
-        return AppConfig()
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        if not path.exists():
+            return AppConfig()
+        data = path.read_bytes()
+    except OSError as exc:
+        # A directory named app.json, a file the server may not read, an I/O error: a configuration error naming
+        # the file (400 on a reload), not an import failure with a traceback.
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     return validate(raw, app_dir, where=str(path))

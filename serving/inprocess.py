@@ -45,7 +45,7 @@ class InProcessRunner:
         try:
             return self._call(self._infer(request))
         except ServingError as exc:
-            return {"error": exc.message, "code": exc.code}
+            return codec.Failure(exc.message, exc.code)
 
     def close(self):
         if self._loop.is_closed():

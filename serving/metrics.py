@@ -13,7 +13,7 @@ labels and buckets.
 import bisect
 import threading
 
-from prometheus_client import REGISTRY, Gauge, start_http_server
+from prometheus_client import REGISTRY, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -97,10 +97,6 @@ BATCH_SIZE = FastHistogram("serving_batch_size", "Images per net_inference call"
                            (1, 2, 4, 8, 16, 32, 64, 128, 256))
 INFERENCE_LATENCY = FastHistogram("serving_inference_seconds", "Duration of net_inference calls", ["app"],
                                   _LATENCY_BUCKETS)
+# Written by AppRegistry only, from the version it serves: an App being retired or failing to load during a reload
+# shares the name with the version that serves, and must not mark it not ready.
 APP_READY = Gauge("serving_app_ready", "1 when the app serves, 0 otherwise", ["app"])
-
-
-def serve_metrics(port, host="0.0.0.0"):
-    """Export the default registry as Prometheus text on http://host:port/metrics; returns the bound port."""
-    server, _thread = start_http_server(port, addr=host)
-    return server.server_address[1]

@@ -1,15 +1,16 @@
 """The gRPC server: the native inference service, grpc.health.v1 (overall and per app), server reflection and
 Prometheus metrics, with graceful shutdown on SIGTERM/SIGINT."""
 import asyncio
+import contextlib
 import logging
 import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from prometheus_client import start_http_server
 
 from evals.utils.image import set_uri_policy
-from serving import metrics
 from serving.apps import READY, AppRegistry
 from serving.auth import TokenAuthInterceptor
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -26,7 +27,7 @@ from serving.jobs.manager import DEFAULT_MAX_JOBS, DEFAULT_TRAINER_APP, JobManag
 from serving.servicers.mvp import add_mvp_servicers_to_server
 from serving.servicers.store import StoreServicer
 from serving.store import Store
-from serving.workers import notify_ready
+from serving.workers import RELEASE_METRICS_SIGNAL, notify_ready
 
 log = logging.getLogger("serving.server")
 
@@ -74,6 +75,8 @@ class ServingServer:
                                max_jobs=max_jobs, trainer_app=trainer_app)
         self.health = health.aio.HealthServicer()
         self._server = None
+        self._grpc_start = None  # grpc's start of self._server (see stop)
+        self._metrics_httpd = None
         self._health_task = None
         self._health_apps = set()  # app names health was last set for, to see unloaded ones
 
@@ -85,7 +88,8 @@ class ServingServer:
         return self._store
 
     async def start(self):
-        """Bind the port (0: an OS-assigned one, then in self.port), start serving, then load the apps."""
+        """Bind the metrics port, then the gRPC port (0: an OS-assigned one, then in self.port), start serving,
+        then load the apps. A port that cannot be bound raises ServingError naming it."""
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
@@ -95,6 +99,10 @@ class ServingServer:
             set_uri_policy(self.data_roots)
         except ValueError as exc:
             raise ServingError(BAD_REQUEST, str(exc)) from None
+        # Metrics first: a process that cannot export its metrics must fail before it accepts a single call (a
+        # supervised replacement worker would otherwise serve unseen, or die after clients reached it).
+        if self.metrics_port is not None:
+            self._serve_metrics()
         interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
         self._server = grpc.aio.server(options=options, interceptors=interceptors,
                                        maximum_concurrent_rpcs=self.max_concurrent_rpcs)
@@ -114,18 +122,24 @@ class ServingServer:
             (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME)),
             registrar)
         address = f"{self.host}:{self.port}"
-        if self.credentials is not None:
-            self.port = self._server.add_secure_port(address, self.credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"cannot bind {self.host}:{self.port}")
+        try:
+            if self.credentials is not None:
+                port = self._server.add_secure_port(address, self.credentials)
+            else:
+                port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address", which names neither cause nor remedy
+            port = 0
+        if not port:
+            # The TLS material was checked before (serving.tls.server_credentials): what is left is the address.
+            await self._close_metrics()
+            raise ServingError(BAD_REQUEST, f"cannot listen on {address}: port in use or address not available")
+        self.port = port
         await self.health.set("", _NOT_SERVING)
         await self.jobs.start()  # before the first call: recovers what a previous server left RUNNING
-        await self._server.start()
-        if self.metrics_port is not None:
-            self.metrics_port = metrics.serve_metrics(self.metrics_port, self.host)
-            log.info("metrics on http://%s:%d/metrics", self.host, self.metrics_port)
+        # Shielded: a stop during start-up cancels start(), and a server whose own start was cut short can be
+        # neither used nor stopped (grpc raises InvalidStateError); stop() lets it finish instead.
+        self._grpc_start = asyncio.ensure_future(self._server.start())
+        await asyncio.shield(self._grpc_start)
         log.info("listening on %s:%d (%s, %s, uri %s)", self.host, self.port,
                  "TLS" if self.credentials is not None else "plaintext",
                  f"{len(self.tokens)} tokens" if self.tokens is not None else "no authentication",
@@ -143,6 +157,28 @@ class ServingServer:
         for app in self.registry.apps.values():
             log.info("app %s: %s%s", app.name, app.effective_state, f" ({app.reason})" if app.reason else "")
         return self.port
+
+    def _serve_metrics(self):
+        try:
+            self._metrics_httpd, _thread = start_http_server(self.metrics_port, addr=self.host)
+        except OSError as exc:
+            raise ServingError(BAD_REQUEST, f"cannot serve metrics on {self.host}:{self.metrics_port}: port in use "
+                                            f"or address not available ({exc.strerror or exc})") from None
+        self.metrics_port = self._metrics_httpd.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.metrics_port)
+
+    async def _close_metrics(self):
+        httpd, self._metrics_httpd = self._metrics_httpd, None
+        if httpd is not None:
+            # shutdown() waits for the serving thread's next poll (up to half a second): not on the event loop.
+            await asyncio.to_thread(lambda: (httpd.shutdown(), httpd.server_close()))
+
+    async def release_metrics(self):
+        """Stop exporting metrics and free the metrics port, serving calls on: the supervisor's handoff of the
+        port to the worker replacing this one (serving.workers, --max-rss-mb)."""
+        if self._metrics_httpd is not None:
+            await self._close_metrics()
+            log.info("metrics port %d released for this worker's replacement", self.metrics_port)
 
     async def _update_health(self):
         # A snapshot: RepositoryModelLoad/Unload may add or remove apps while health.set awaits.
@@ -165,6 +201,8 @@ class ServingServer:
             self._health_task.cancel()
             self._health_task = None
         await self.health.enter_graceful_shutdown()
+        if self._grpc_start is not None:
+            await self._grpc_start  # see start
         if self._server is not None:
             await self._server.stop(grace)
         # Running tasks checkpoint and end INTERRUPTED (resumable); workers that do not are killed.
@@ -173,20 +211,46 @@ class ServingServer:
         if self._store is not None:
             self._store.close()
             self._store = None
+        await self._close_metrics()
 
     async def wait(self):
         await self._server.wait_for_termination()
 
 
 async def serve_until_signalled(server, grace=5.0):
-    """Start `server` and serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Start `server` and serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    A signal during start-up (an app's create_net can take minutes) ends it at once: start-up is abandoned where
+    it is (a create_net still running is left to its daemon thread, which dies with the process), the server is
+    stopped, nothing says "serving on" and the supervisor is never told the worker is ready; the exit is normal
+    (status 0), as a stop asked for. RELEASE_METRICS_SIGNAL frees the metrics port for a replacement worker."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await server.start()
-    print(f"serving on {server.host}:{server.port}", flush=True)
-    notify_ready()
-    await stopping.wait()
+    releasing = set()  # the loop keeps only weak references to tasks
+    loop.add_signal_handler(RELEASE_METRICS_SIGNAL, lambda: _keep(releasing, server.release_metrics()))
+    starting = asyncio.ensure_future(server.start())
+    stopped = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.is_set():
+        stopped.cancel()
+        starting.result()  # a start-up failure raises here
+        print(f"serving on {server.host}:{server.port}", flush=True)
+        notify_ready()
+        await stopping.wait()
+    elif not starting.done() or starting.cancelled() or starting.exception() is None:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("stop asked for during start-up")
+    else:
+        starting.result()  # start-up failed as the stop came: that failure is the outcome
     log.info("shutting down (grace %.1fs)", grace)
     await server.stop(grace)
+
+
+def _keep(tasks, coroutine):
+    task = asyncio.get_running_loop().create_task(coroutine)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)

@@ -23,14 +23,28 @@ What the supervisor does:
   every other app down. The quarantine lasts until the supervisor restarts.
 - Replaces a worker whose memory grows past `--max-rss-mb` (sampled every second): a new worker is started
   beside it, and once it is serving the old one is stopped gracefully (SIGTERM: it stops accepting, finishes
-  its calls in flight, checkpoints its training tasks). Nothing is refused meanwhile.
+  its calls in flight, checkpoints its training tasks). Nothing is refused meanwhile. With metrics, the metrics
+  port is handed over first (below).
 - On SIGTERM or SIGINT: forwards SIGTERM to every worker (graceful, see serving.server), waits for them (killing
-  those still running `stop_timeout_s` later), and exits 0 when all exited cleanly.
+  those still running `stop_timeout_s` later), and exits 0 when all exited cleanly; a worker still starting
+  stops at once and counts as clean (one killed by the SIGTERM before it could install its handler, too).
 - If the supervisor itself is killed, its workers get SIGTERM from the kernel (PR_SET_PDEATHSIG) and shut down
   gracefully instead of serving on unsupervised.
 
-Worker i exports metrics on `--metrics-port + i`. The worker side of the protocol (environment variables set by
-the supervisor) is `init_supervised_worker` and `notify_ready`.
+Worker i exports metrics on `--metrics-port + i`, and a worker binds its metrics port before its gRPC port, so
+one that cannot export metrics fails before it accepts a call. One port is one process at any time: when worker
+i is replaced (--max-rss-mb), the supervisor first asks the old process to release the port
+(`RELEASE_METRICS_SIGNAL`; it serves calls on, unscraped), waits until it no longer listens there, and only then
+starts the replacement, which binds it. Sharing the port (SO_REUSEPORT) was rejected: the kernel would hand each
+scrape to either process, and Prometheus would see counters jump between two unrelated processes. With the
+handoff, a scrape sees one process and a replacement looks like a restart (counters reset, which rate()
+handles); the old process's last seconds of calls are not exported. An old process that does not release the
+port within `METRICS_HANDOFF_S` is stopped gracefully first (killed `stop_timeout_s` later if it still runs),
+and the replacement starts once it has exited: a gap in serving with one worker, never a replacement that
+cannot bind.
+
+The worker side of the protocol (environment variables and signals of the supervisor) is
+`init_supervised_worker`, `notify_ready` and `RELEASE_METRICS_SIGNAL` (serving.server handles it).
 """
 import contextlib
 import ctypes
@@ -54,12 +68,14 @@ _BACKOFF_MAX_S, _HEALTHY_AFTER_S = 30.0, 60.0
 QUARANTINE_CRASHES, QUARANTINE_WINDOW_S = 3, 600.0
 _POLL_S = 0.2
 _RSS_EVERY_S = 1.0
+METRICS_HANDOFF_S = 10.0  # how long an old worker may take to release its metrics port to its replacement
 
 # The supervisor -> worker protocol, in the worker's environment.
 SUPERVISOR_PID_ENV = "SERVING_SUPERVISOR_PID"  # the worker dies with the supervisor
 READY_FD_ENV = "SERVING_READY_FD"              # the worker writes one byte there once it serves
 CRASH_FILE_ENV = "SERVING_CRASH_FILE"          # faulthandler's report of a fatal signal
 QUARANTINE_ENV = "SERVING_QUARANTINE"          # JSON {app: reason}: apps the worker must not load
+RELEASE_METRICS_SIGNAL = signal.SIGUSR1        # to a worker: free your metrics port, keep serving
 
 _PR_SET_PDEATHSIG = 1
 # The signals faulthandler reports (a negative exit status of the worker).
@@ -168,6 +184,19 @@ def reserve_port(host):
     return sock
 
 
+def listens_on(pid, port):
+    """Whether process `pid` has a listening TCP socket on `port` (False when it is gone)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        # net_connections since psutil 6; setup.cfg allows 5.9, where it is connections.
+        connections = (getattr(process, "net_connections", None) or process.connections)(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
+
+
 def rss_bytes(pid):
     """Resident memory of a process in bytes, or None when it is gone."""
     import psutil
@@ -181,9 +210,10 @@ def rss_bytes(pid):
 class _Worker:
     """One worker slot: the process serving it now, and how often and when it was (re)started."""
 
-    def __init__(self, index, argv, crash_dir):
+    def __init__(self, index, argv, crash_dir, metrics_port=None):
         self.index = index
         self.argv = argv
+        self.metrics_port = metrics_port  # fixed, or None (no metrics, or an OS-assigned port: nothing to hand over)
         self.crash_path = Path(crash_dir) / f"worker-{index}.crash"
         self.proc = None
         self.ready_fd = None
@@ -194,8 +224,11 @@ class _Worker:
         self.runs = 0
         self.retiring = None  # the process being replaced (memory) until it has exited
         self.retire_asked = False  # whether it was sent SIGTERM yet (once its replacement serves)
+        self.handoff_until = None  # while the old process is releasing its metrics port: when to stop waiting
 
     def start(self, quarantined):
+        """Start the slot's process. With a fixed metrics port the port must be free by now (see the module
+        docstring): the process binds it before its gRPC port and exits 1 when it cannot."""
         self.runs += 1
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -246,9 +279,12 @@ class Supervisor:
         self.pool = []
         for index in range(workers):
             argv = [*self.argv, "--port", str(port)]
+            # Port 0 gives every process a port of its own (not 0 + i, a privileged port): only a fixed port is
+            # handed over on a replacement.
+            fixed = metrics_port + index if metrics_port else None
             if metrics_port is not None:
-                argv += ["--metrics-port", str(metrics_port + index)]
-            self.pool.append(_Worker(index, argv, self._crash_dir))
+                argv += ["--metrics-port", str(fixed or 0)]
+            self.pool.append(_Worker(index, argv, self._crash_dir, fixed))
 
     def run(self):
         """Supervise until SIGTERM/SIGINT; the exit status."""
@@ -284,7 +320,9 @@ class Supervisor:
     def _check(self, worker, now):
         worker.poll_ready()
         if worker.retiring is not None:
-            self._check_retiring(worker)
+            self._check_retiring(worker, now)
+        if worker.handoff_until is not None:
+            return  # worker.proc is the old process, waited for by _check_retiring
         code = worker.proc.poll()
         if code is None:
             if now - worker.started_at > _HEALTHY_AFTER_S:
@@ -334,12 +372,22 @@ class Supervisor:
         log.warning("worker %d (pid %d) uses %.0f MiB, over --max-rss-mb %.0f: starting its replacement",
                     worker.index, worker.proc.pid, rss / 2**20, self.max_rss_bytes / 2**20)
         worker.retiring, worker.retire_asked = worker.proc, False
-        worker.start(self.quarantined)  # beside the old one, on the same port
+        if worker.metrics_port is None:
+            worker.start(self.quarantined)  # beside the old one, on the same port
+            return
+        # The replacement binds the metrics port before anything else: the old process releases it first.
+        log.info("worker %d: asking pid %d to release metrics port %d", worker.index, worker.proc.pid,
+                 worker.metrics_port)
+        worker.proc.send_signal(RELEASE_METRICS_SIGNAL)
+        worker.handoff_until = time.monotonic() + METRICS_HANDOFF_S
 
-    def _check_retiring(self, worker):
+    def _check_retiring(self, worker, now):
         # The old process keeps serving until its replacement does (a replacement that dies is restarted as
         # any worker is), then stops gracefully.
         old = worker.retiring
+        if worker.handoff_until is not None:
+            self._check_handoff(worker, now)
+            return
         if old.poll() is not None:
             log.info("worker %d: replaced pid %d (%s)", worker.index, old.pid, _describe(old.returncode))
             worker.retiring = None
@@ -347,8 +395,31 @@ class Supervisor:
             old.send_signal(signal.SIGTERM)  # graceful: finishes its calls in flight
             worker.retire_asked = True
 
+    def _check_handoff(self, worker, now):
+        """Start the replacement once the old process no longer listens on the metrics port."""
+        old = worker.retiring
+        if old.poll() is None and listens_on(old.pid, worker.metrics_port):
+            if now < worker.handoff_until:
+                return
+            if not worker.retire_asked:
+                log.warning("worker %d (pid %d) did not release metrics port %d within %.0fs: stopping it before "
+                            "its replacement starts", worker.index, old.pid, worker.metrics_port, METRICS_HANDOFF_S)
+                old.send_signal(signal.SIGTERM)
+                worker.retire_asked = True
+                worker.handoff_until = now + self.stop_timeout_s
+            else:
+                log.error("pid %d did not stop within %.0fs; killing it", old.pid, self.stop_timeout_s)
+                old.kill()
+                worker.handoff_until = now + 1.0  # the kernel frees the port once the process is reaped
+            return
+        worker.handoff_until = None
+        worker.start(self.quarantined)
+
     def _shutdown(self):
-        processes = [w.proc for w in self.pool] + [w.retiring for w in self.pool if w.retiring is not None]
+        processes = [w.proc for w in self.pool]
+        processes += [w.retiring for w in self.pool if w.retiring is not None and w.retiring is not w.proc]
+        # A worker that has not said it serves yet is still starting; see _clean_stop.
+        starting = {w.proc.pid for w in self.pool if not w.poll_ready() and w.proc.poll() is None}
         for proc in processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -356,11 +427,12 @@ class Supervisor:
         codes = []
         for proc in processes:
             try:
-                codes.append(proc.wait(max(deadline - time.monotonic(), 0.1)))
+                code = proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.error("pid %d did not stop within %.0fs; killing it", proc.pid, self.stop_timeout_s)
                 proc.kill()
-                codes.append(proc.wait())
+                code = proc.wait()
+            codes.append(_clean_stop(code, proc.pid in starting))
         for worker in self.pool:
             if worker.ready_fd is not None:
                 os.close(worker.ready_fd)
@@ -368,3 +440,9 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.rmdir(self._crash_dir)
         return 0 if self._stopping[0] is not None and all(code == 0 for code in codes) else 1
+
+
+def _clean_stop(code, was_starting):
+    """A worker's exit status as the supervisor's shutdown counts it: a worker still starting exits 0 on SIGTERM
+    (serving.server), or dies of it when it came before Python installed the handler; both are a clean stop."""
+    return 0 if was_starting and code == -signal.SIGTERM else code

@@ -114,6 +114,8 @@ def test_app_names_that_are_not_identifiers_import_their_siblings(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
     ({"batch_size": True}, "batch_size must be an integer >= 1, got True"),
+    ({"batch_size": 10**400}, "batch_size must be at most 65536, got an integer of 401 digits"),
+    ({"preprocess_workers": 100000}, "preprocess_workers must be at most 256, got 100000"),
     ({"use_device": "TPU"}, "use_device must be one of CPU, GPU, got 'TPU'"),
     ({"batch_window_ms": -1}, "batch_window_ms must be a number >= 0, got -1"),
     ({"request_timeout_s": 0}, "request_timeout_s must be a number > 0, got 0"),
@@ -122,6 +124,9 @@ def test_app_names_that_are_not_identifiers_import_their_siblings(tmp_path):
     ({"model_params": 3}, "model_params must be a JSON object"),
     ({"batch_size": 8, "queue_size": 4}, "queue_size (4) must be >= batch_size (8)"),
     ({"bogus": 1, "other": 2}, "unknown key(s) bogus, other"),
+    # Valid JSON, but no float: math.isfinite raised OverflowError, reported as an import failure.
+    ({"batch_window_ms": 10**400}, "batch_window_ms must be a number >= 0, got an integer too large for a float"),
+    ({"request_timeout_s": -10**400}, "request_timeout_s must be a number > 0, got an integer too large"),
     ([1, 2], "must hold a JSON object"),
 ])
 def test_bad_app_json_names_the_key(tmp_path, content, message):
@@ -129,6 +134,41 @@ def test_bad_app_json_names_the_key(tmp_path, content, message):
     with pytest.raises(ConfigError) as err:
         load_app_config(tmp_path)
     assert message in err.value.message and err.value.code == 400
+
+
+def test_app_json_that_cannot_be_read_names_the_file(tmp_path):
+    # A directory named app.json stands for any unreadable app.json (the tests may run as root, who reads any file).
+    (tmp_path / "app.json").mkdir()
+    with pytest.raises(ConfigError) as err:
+        load_app_config(tmp_path)
+    assert err.value.message == f"{tmp_path / 'app.json'}: cannot be read: Is a directory"
+    assert err.value.code == 400
+
+
+def test_app_json_errors_at_start_up_fail_the_app_with_the_reason_and_no_traceback(tmp_path):
+    # The two app.json errors that escaped validation (a number too large for a float, an app.json that cannot be
+    # read) were reported as "import of eval.py failed" with a traceback in the server's log.
+    evals = tmp_path / "evals"
+    for name in ("good", "bigint", "dirjson"):
+        shutil.copytree(TESTS / "apps_mixed" / "good", evals / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (evals / "bigint" / "app.json").write_text('{"batch_window_ms": 1' + "0" * 400 + "}")
+    (evals / "dirjson" / "app.json").mkdir()
+    server = RunningServer(["--evals", str(evals)])
+    try:
+        host, port = server.target.split(":")
+        with Client(host, int(port), "good") as client:
+            assert client.infer({"uri": "x"}) == [{"ok": True}]
+            apps = {app["name"]: app for app in client.apps()}
+        where = evals.resolve()
+        assert apps["bigint"]["state"] == "FAILED"
+        assert apps["bigint"]["reason"] == (f"{where / 'bigint' / 'app.json'}: batch_window_ms must be a number "
+                                            ">= 0, got an integer too large for a float (1329 bits)")
+        assert apps["dirjson"]["state"] == "FAILED"
+        assert apps["dirjson"]["reason"] == f"{where / 'dirjson' / 'app.json'}: cannot be read: Is a directory"
+    finally:
+        assert server.stop() == 0
+    assert "app bigint: FAILED" in server.output and "app dirjson: FAILED" in server.output
+    assert "Traceback" not in server.output and "import of eval.py failed" not in server.output
 
 
 def test_app_json_resolves_files_and_keeps_defaults(tmp_path):

@@ -1,6 +1,7 @@
 """Merge and split of batches, the error table and the codec: pure functions, no server."""
 import collections
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -62,6 +63,7 @@ def test_split_outcomes_code_without_message_uses_each_ret():
 def test_preprocess_failure():
     assert batching.preprocess_failure(({"data": {}}, 0, "")) is None
     assert batching.preprocess_failure(({"data": {}}, 415, "bad type")).code == 415
+    assert batching.preprocess_failure(({"data": {}}, 400, None)).message == "net_preprocess failed with code 400"
     assert batching.preprocess_failure((None, 0, "")).code == 500
     assert batching.preprocess_failure("x").code == 500
 
@@ -133,6 +135,20 @@ def test_client_refuses_unsupported_values():
         codec.instances_to_request("a", "inference", {"x": {1, 2}})
     with pytest.raises(TypeError, match="must be a dict"):
         codec.instances_to_request("a", "inference", [3])
+    # The data keys have their own fields: a wrong type is the caller's mistake, said before anything is sent.
+    for instance, expected in (({"body": "a.png"}, "body must be the encoded image as bytes"),
+                               ({"body": np.zeros(3, np.float32)}, "got ndarray of float32"),
+                               ({"uri": b"s3://x"}, "uri must be a str"),
+                               ({"attribute": b"{}"}, "attribute must be a JSON value"),
+                               ([[]], "needs at least one image")):
+        with pytest.raises(TypeError, match=expected):
+            codec.instances_to_request("a", "inference", instance)
+
+
+def test_a_body_may_be_the_uint8_array_cv2_imencode_gives():
+    encoded = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1]
+    request = codec.instances_to_request("a", "inference", {"body": encoded})
+    assert request.instances[0].body == encoded.tobytes()
 
 
 def test_results_with_arrays_bytes_and_failures():
@@ -145,5 +161,9 @@ def test_results_with_arrays_bytes_and_failures():
     assert codec.result_to_dict(codec.outcome_to_result(batching.Outcome(result=[1, 2]))) == {"result": [1, 2]}
     unsendable = codec.outcome_to_result(batching.Outcome(result={"x": object()}))
     assert unsendable.code == 500 and "cannot be sent" in unsendable.message
+    # An eval's result may hold an "error" key: what tells a failure is its type.
+    with_error_key = codec.result_to_dict(codec.outcome_to_result(batching.Outcome(result={"error": None})))
+    assert with_error_key == {"error": None} and not isinstance(with_error_key, codec.Failure)
     failed = codec.result_to_dict(codec.outcome_to_result(batching.Outcome(code=404, message="gone")))
+    assert isinstance(failed, codec.Failure)
     assert failed == {"error": "gone", "code": 404}

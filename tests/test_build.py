@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,122 @@ def test_build_pre_script_wraps_serving_build(tmp_path):
     assert (tmp_path / "ctx" / "evals" / APP / "eval.py").is_file()
     usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=10)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def _write_answering_app(app_dir, body, app_json=None):
+    """An app whose eval.py is `body` followed by handlers answering {"answer": answer(configs)}."""
+    app_dir.mkdir(parents=True)
+    (app_dir / "eval.py").write_text(body + "\n\n"
+                                     "from evals.utils import create_net_handler, net_inference_handler\n\n\n"
+                                     "@create_net_handler\n"
+                                     "def create_net(configs):\n"
+                                     "    return {'answer': answer(configs)}, 0, ''\n\n\n"
+                                     "@net_inference_handler\n"
+                                     "def net_inference(model, requests):\n"
+                                     "    return [{'code': 0, 'message': '', 'result': {'answer': model['answer']}}\n"
+                                     "            for _ in requests], 0, ''\n")
+    if app_json is not None:
+        (app_dir / "app.json").write_text(json.dumps(app_json))
+
+
+def _served_answer(context, app):
+    """What the image's CMD, run in `context`, answers for `app` (the app must be READY: SERVING_STRICT)."""
+    server = _image_cmd_server(context)
+    try:
+        with Client("127.0.0.1", server.port, app, timeout=30) as client:
+            states = {entry["name"]: entry["state"] for entry in client.apps()}
+            result = client.infer({"body": b"x"})
+    finally:
+        server.stop()
+    assert states == {app: "READY"}
+    assert "error" not in result[0], result
+    return result[0]["answer"]
+
+
+def test_classic_layout_app_loads_in_the_image(tmp_path):
+    """Seed 003's layout: eval.py with its code under src/, imported as evals.src.*; served with --app-name."""
+    classic = tmp_path / "classic"
+    _write_answering_app(classic, "from evals.src.post import answer")
+    (classic / "src").mkdir()
+    (classic / "src" / "__init__.py").write_text("")
+    (classic / "src" / "post.py").write_text("from evals.src.numbers import FORTY_TWO\n\n\n"
+                                             "def answer(configs):\n    return FORTY_TWO\n")
+    (classic / "src" / "numbers.py").write_text("FORTY_TWO = 42\n")
+    context = tmp_path / "ctx"
+    result = _run_cli("build", str(classic), "--out", str(context), "--app-name", "legacy")
+    assert result.returncode == 0, result.stderr
+    assert (context / "evals" / "src" / "post.py").read_text() == (classic / "src" / "post.py").read_text()
+    assert _served_answer(context, "legacy") == 42
+
+
+def test_absolute_paths_inside_the_app_are_made_relative(tmp_path):
+    """The image has no build host's folders: an absolute path into the app folder must point at the copy."""
+    app_dir = tmp_path / "src" / "reader"
+    body = "def answer(configs):\n    return open(configs['model_files']['net']).read()"
+    _write_answering_app(app_dir, body, {"model_files": {"net": str(app_dir / "weights" / "net.txt")},
+                                         "custom_files": {"vocab": str(app_dir)}})
+    (app_dir / "weights").mkdir()
+    (app_dir / "weights" / "net.txt").write_text("the app's own weights")
+    context = build_context(app_dir, tmp_path / "ctx")
+    rewritten = json.loads((context / "evals" / "reader" / "app.json").read_text())
+    assert rewritten["model_files"] == {"net": "weights/net.txt"}
+    assert rewritten["custom_files"] == {"vocab": "."}
+    # Served with the source gone: nothing may still point at it.
+    (tmp_path / "src").rename(tmp_path / "gone")
+    assert _served_answer(context, "reader") == "the app's own weights"
+
+
+@pytest.mark.parametrize("name, target, message", [
+    ("weights.bin", "/nonexistent/weights.bin", "is broken: its target does not exist"),
+    ("parent", "..", "leads to a folder outside the app folder"),
+    ("elsewhere", "{outside}", "leads to a folder outside the app folder"),
+    ("sub/again", "..", "leads to a folder that contains it: a loop"),
+])
+def test_bad_links_are_refused_naming_them_and_leave_no_output(tmp_path, name, target, message):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not the app's")
+    app_dir = tmp_path / "app"
+    _write_app(app_dir, {})
+    (app_dir / "sub").mkdir()
+    (app_dir / name).symlink_to(target.format(outside=outside))
+    fresh = _run_cli("build", str(app_dir), "--out", str(tmp_path / "new"))
+    assert fresh.returncode == 2, fresh.stderr
+    assert "Traceback" not in fresh.stderr and message in fresh.stderr and str(app_dir / name) in fresh.stderr
+    assert not (tmp_path / "new").exists()
+    # An earlier context is kept, even with --force: the app is checked before --out is touched.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "Dockerfile").write_text("an earlier build")
+    forced = _run_cli("build", str(app_dir), "--out", str(kept), "--force")
+    assert forced.returncode == 2 and message in forced.stderr
+    assert [p.name for p in kept.iterdir()] == ["Dockerfile"]
+
+
+def test_links_that_stay_usable_are_copied_as_plain_files(tmp_path):
+    shared = tmp_path / "shared.bin"
+    shared.write_bytes(b"weights kept elsewhere")
+    app_dir = tmp_path / "app"
+    _write_app(app_dir, {})
+    (app_dir / "data").mkdir()
+    (app_dir / "data" / "labels.txt").write_text("a\n")
+    (app_dir / "model.bin").symlink_to(shared)          # a file anywhere: its content is copied
+    (app_dir / "current").symlink_to("data")            # a folder inside the app: copied as a folder
+    context = build_context(app_dir, tmp_path / "ctx")
+    app_out = context / "evals" / "app"
+    assert (app_out / "model.bin").read_bytes() == b"weights kept elsewhere"
+    assert (app_out / "current" / "labels.txt").read_text() == "a\n"
+    assert not [p for p in context.rglob("*") if p.is_symlink()]
+
+
+def test_printed_docker_command_is_shell_quoted(tmp_path):
+    app_dir = tmp_path / "app"
+    _write_app(app_dir, {})
+    out = tmp_path / "build's ctx"
+    result = _run_cli("build", str(app_dir), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.strip().splitlines()[-1]
+    assert shlex.split(command) == ["docker", "build", "-t", "serving-app", str(out)]
 
 
 # ---- the Dockerfiles -----------------------------------------------------------------------------------------

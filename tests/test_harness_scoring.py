@@ -1,11 +1,14 @@
 """The batch test harness: inputs, scoring (text, class, COCO detection), latency stats, and a full run."""
 import json
+import os
 
 import cv2
 import numpy as np
 import pytest
 
-from serving.harness import collect_images, format_summary, read_list_file, run_harness
+from serving.codec import Failure
+from serving.harness import collect_images, format_summary, load_labels, read_list_file, run_harness
+from serving.harness.inputs import display_name
 from serving.harness.report import latency_histogram_svg, pr_curve_svg, render_report
 from serving.harness.runner import to_jsonable
 from serving.harness.scoring import (
@@ -343,7 +346,7 @@ def brightness_app(instance, params):
     """A stand-in app: decodes the PNG and calls it bright or dark; refuses one file."""
     name = instance["attribute"]["filename"]
     if name == "a<b>.png":
-        return {"error": "refused: odd name", "code": 400}
+        return Failure("refused: odd name", 400)  # as the clients return a failed instance
     if set(instance) != {"body", "attribute"} or params != {"threshold": 127}:
         raise AssertionError(f"unexpected call: {sorted(instance)} {params}")
     image = cv2.imdecode(np.frombuffer(instance["body"], dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
@@ -421,3 +424,77 @@ def test_run_harness_records_exceptions_and_unscorable_results(tmp_path):
 
     with pytest.raises(ValueError, match="no images"):
         run_harness(flaky, [], tmp_path / "out2", app="flaky", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- odd inputs
+
+
+def test_a_file_name_that_is_not_utf8_gets_a_readable_name_and_is_still_read(tmp_path):
+    folder = tmp_path / "in"
+    write_png(folder / "ok.png", 200)
+    # Latin-1 "café.png": Python holds the undecodable byte as a lone surrogate, which no UTF-8 file can hold.
+    with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as handle:
+        handle.write((folder / "ok.png").read_bytes())
+    images = collect_images(folder)
+    assert [i.name for i in images] == ["caf\\xe9.png", "ok.png"]
+    assert os.fsencode(images[0].path).endswith(b"/caf\xe9.png")
+    assert collect_images(images[0].path)[0].name == "caf\\xe9.png"
+    assert display_name("café.png") == "café.png" and display_name("a\ud800") == "a\\ud800"
+
+    seen = []
+
+    def app(instance, params):
+        seen.append(instance["attribute"]["filename"])
+        return {"class": "bright", "body_bytes": len(instance["body"])}
+
+    # Names passed in by a caller (here straight from os.listdir) are made readable the same way.
+    pairs = [(folder / name, name) for name in sorted(os.listdir(folder))]
+    summary = run_harness(app, pairs, tmp_path / "out", app="latin", progress=False, concurrency=1)
+    assert summary["n_ok"] == 2 and sorted(seen) == ["caf\\xe9.png", "ok.png"]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text("utf-8").splitlines()]
+    assert [line["file"] for line in lines] == ["caf\\xe9.png", "ok.png"]
+    assert lines[0]["result"]["body_bytes"] == (folder / "ok.png").stat().st_size
+    assert "<svg" in (tmp_path / "out" / "report.html").read_text("utf-8")
+
+
+def test_a_result_holding_a_lone_surrogate_does_not_lose_the_run(tmp_path):
+    write_png(tmp_path / "in" / "x.png", 0)
+    summary = run_harness(lambda instance, params: {"text": "caf\udce9"}, tmp_path / "in", tmp_path / "out",
+                          app="odd", progress=False)
+    assert summary["n_ok"] == 1
+    [line] = (tmp_path / "out" / "results.jsonl").read_text("utf-8").splitlines()
+    assert json.loads(line)["result"]["text"] == "caf\udce9"  # "\udce9" in the file: JSON reads it back
+    assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_a_list_file_that_is_not_text_is_a_value_error_naming_it(tmp_path):
+    listing = tmp_path / "images.lst"
+    listing.write_bytes(write_png(tmp_path / "image.png", 0).read_bytes())  # an image given as the list by mistake
+    with pytest.raises(ValueError, match="images.lst: not a list file"):
+        read_list_file(listing)
+    write_png(tmp_path / "one.png", 0)
+    listing.write_bytes(b"\xef\xbb\xbfone.png\n")  # a list saved with a BOM
+    assert [i.name for i in read_list_file(listing)] == ["one.png"]
+
+
+def test_labels_with_a_bom_load_and_unreadable_labels_are_value_errors(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(b"\xef\xbb\xbf" + json.dumps({"a.png": "cat"}).encode())
+    assert load_labels(labels).data == {"a.png": "cat"}
+    labels.write_text("file,label\na.png,cat\n")
+    with pytest.raises(ValueError, match="labels.json: not a JSON file"):
+        load_labels(labels)
+    labels.write_bytes(b"\xff\xfe{\x00}\x00")  # UTF-16
+    with pytest.raises(ValueError, match="labels.json: not a JSON file"):
+        load_labels(labels)
+
+
+def test_run_harness_takes_labels_already_loaded(tmp_path):
+    write_png(tmp_path / "in" / "x.png", 0)
+    labels = parse_labels({"x.png": "dark"})
+    summary = run_harness(lambda instance, params: {"class": "dark"}, tmp_path / "in", tmp_path / "out",
+                          app="pre", labels=labels, progress=False)
+    assert summary["scores"]["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="not both"):
+        run_harness(lambda instance, params: {}, tmp_path / "in", tmp_path / "out", app="pre", labels=labels,
+                    labels_path=tmp_path / "labels.json", progress=False)

@@ -473,3 +473,115 @@ def test_unload_then_not_found(reload_server):
     triton.load_model("versioned")
     assert version_of(triton) == "v3"
     assert wait_until(lambda: app_health(server, "versioned") == health_pb2.HealthCheckResponse.SERVING, timeout=5)
+
+
+# A version of tests/apps_kserve/versioned whose calls can be made slow ({"sleep_s": n}: net_inference touches
+# `sleeping` in the app folder, then sleeps) and whose results count the inference threads of app `versioned` alive
+# in the server: once a retired version is closed, only the serving version's thread is left.
+COUNTING_EVAL = '''
+import threading
+import time
+from pathlib import Path
+
+from evals.utils import create_net_handler, net_inference_handler
+
+VERSION = "v1"
+
+
+@create_net_handler
+def create_net(configs):
+    return {"version": VERSION, "workspace": configs["workspace"]}, 0, ""
+
+
+@net_inference_handler
+def net_inference(model, requests):
+    sleep_s = max(r["params"].get("sleep_s", 0) for r in requests)
+    if sleep_s:
+        Path(model["workspace"], "sleeping").touch()
+        time.sleep(sleep_s)
+    threads = sum(t.name == "infer-versioned" for t in threading.enumerate())
+    return [{"code": 0, "message": "", "result": {"version": model["version"], "inference_threads": threads}}
+            for _ in requests], 0, ""
+'''
+
+
+def version_and_threads(triton, **parameters):
+    result = triton.infer("versioned", [attributes({})], parameters=parameters or None)
+    return json.loads(result.as_numpy("version")[0]), json.loads(result.as_numpy("inference_threads")[0])
+
+
+@pytest.mark.parametrize("operation", ["load", "unload"])
+def test_a_repository_call_whose_caller_gives_up_still_closes_the_old_version(reload_server, operation):
+    # The caller's deadline passes while the old version drains a slow call: the load (or unload) must still
+    # complete, closing the old version (its inference thread ends), not leave it open for good.
+    server, triton, app_dir = reload_server
+    (app_dir / "eval.py").write_text(COUNTING_EVAL)
+    triton.load_model("versioned")
+    assert version_and_threads(triton) == ("v1", 1)
+    rewrite_version(app_dir, "v2")
+    sleeping = app_dir / "sleeping"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, tc.InferenceServerClient(server.target) as other:
+        slow = pool.submit(version_and_threads, other, sleep_s=3)
+        assert wait_until(sleeping.exists, timeout=10)  # the slow call runs in the old version's net_inference
+        call = triton.load_model if operation == "load" else triton.unload_model
+        expect_error("DEADLINE_EXCEEDED", call, "versioned", client_timeout=0.5)
+        # The old version still answers what it had admitted.
+        assert slow.result(timeout=15)[0] == "v1"
+    if operation == "unload":
+        # It went through: the app is gone (once drained, a later load finds the lock free).
+        assert not triton.is_model_ready("versioned")
+        triton.load_model("versioned")
+    assert triton.is_model_ready("versioned")
+    assert wait_until(lambda: version_and_threads(triton) == ("v2", 1), timeout=10), version_and_threads(triton)
+
+
+def test_bad_app_json_on_reload_is_invalid_argument_and_the_old_version_serves(reload_server):
+    # Both escaped validation: the reload answered UNKNOWN with a Python exception's text.
+    _server, triton, app_dir = reload_server
+    config = app_dir / "app.json"
+    config.write_text('{"batch_size": 8, "request_timeout_s": 1' + "0" * 400 + "}")
+    message = expect_error("INVALID_ARGUMENT", triton.load_model, "versioned")
+    assert message.endswith("app.json: request_timeout_s must be a number > 0, got an integer too large for a "
+                            "float (1329 bits)")
+    assert version_of(triton) == "v1"
+    config.unlink()
+    config.mkdir()
+    message = expect_error("INVALID_ARGUMENT", triton.load_model, "versioned")
+    assert message == f"{config.resolve()}: cannot be read: Is a directory"
+    assert version_of(triton) == "v1" and triton.is_model_ready("versioned")
+
+
+def test_serving_app_ready_follows_the_version_that_serves(tmp_path):
+    # serving_app_ready{app} is the registry's serving version's: a failed reload leaves it 1 (the old version
+    # serves), an unload sets it 0, a load 1 again.
+    evals = tmp_path / "evals"
+    shutil.copytree(TESTS / "apps_kserve", evals, ignore=shutil.ignore_patterns("__pycache__"))
+    running = RunningServer(["--evals", str(evals), "--metrics-port", "0"])
+
+    def ready_gauge():
+        import re
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5).read().decode()
+        (value,) = re.findall(r'^serving_app_ready\{app="versioned"\} (\S+)$', text, re.MULTILINE)
+        return float(value)
+
+    try:
+        with tc.InferenceServerClient(running.target) as triton:
+            assert ready_gauge() == 1.0
+            eval_py = evals / "versioned" / "eval.py"
+            good = eval_py.read_text()
+            eval_py.write_text(good + "\ndef broken(:\n")
+            assert "SyntaxError" in expect_error("INTERNAL", triton.load_model, "versioned")
+            assert version_of(triton) == "v1"
+            assert app_health(running, "versioned") == health_pb2.HealthCheckResponse.SERVING
+            assert ready_gauge() == 1.0
+            eval_py.write_text(good)
+            triton.load_model("versioned")
+            assert ready_gauge() == 1.0
+            triton.unload_model("versioned")
+            assert ready_gauge() == 0.0
+            triton.load_model("versioned")
+            assert ready_gauge() == 1.0 and version_of(triton) == "v1"
+    finally:
+        running.stop()

@@ -1,8 +1,8 @@
 """Limits against a real server (serving.limits): images, instances and inputs per call, BYTES elements, decoder
 bombs, calls at once. Each refusal is a clear 4xx (or a retryable 429 for load), and what the server allocates
 stays bounded: its peak resident memory is read from /proc."""
+import asyncio
 import collections
-import json
 import threading
 
 import cv2
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import TESTS, RunningServer
-from serving.client import Client
+from serving.client import AsyncClient, Client
 from serving.codec import MAX_INSTANCES_PER_CALL, MAX_INPUTS_PER_INSTANCE
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
@@ -183,3 +183,36 @@ def test_a_stream_longer_than_its_in_flight_bound_is_answered_whole(server):
     assert sorted(int(a.infer_response.id) for a in answers) == list(range(MAX_STREAM_IN_FLIGHT * 2 + 10))
     # Each is answered, or refused as retryable when probe's queue (64) is full.
     assert {a.error_message[:5] for a in answers} <= {"", "[429]"}
+
+
+def test_calls_that_time_out_in_the_queue_free_their_payload_at_once():
+    # While one long net_inference call runs, callers with short deadlines keep timing out (504). The queue's
+    # bound (queue_size) counts live requests only, so what timed out must leave the queue with its payload
+    # then, not when the loop next reaches it: 160 x 1 MiB timed out here, and the worker held on to all of it.
+    server = RunningServer(["--evals", str(TESTS / "apps_faults")])
+    try:
+        host, port = server.target.split(":")
+
+        async def flood():
+            async with AsyncClient(host, int(port), "steady", timeout=TIMEOUT) as slow:
+                pid = (await slow.infer({"attribute": {}}))[0]["pid"]
+                blocker = asyncio.ensure_future(slow.infer({"attribute": {}}, params={"sleep_ms": 6000}))
+                await asyncio.sleep(0.5)
+                before = psutil.Process(pid).memory_info().rss / MIB
+                body = bytes(MIB)
+                codes = collections.Counter()
+                async with AsyncClient(host, int(port), "steady", timeout=0.2) as hurried:
+                    for _ in range(20):
+                        for result in await asyncio.gather(*[hurried.infer({"blob": body}) for _ in range(8)]):
+                            codes[(result[0] if isinstance(result, list) else result).get("code", 0)] += 1
+                grown = psutil.Process(pid).memory_info().rss / MIB - before
+                assert not blocker.done(), "the long call ended before the flood did: nothing was measured"
+                assert (await blocker)[0]["pid"] == pid
+                return codes, grown
+
+        codes, grown = asyncio.run(flood())
+        assert codes == {504: 160}, codes
+        # Holding them all grew it by 233 MiB; freed at once, by 84 (gRPC's buffers and the allocator's reuse).
+        assert grown < 130, f"the worker's RSS grew {grown:.0f} MiB with 160 x 1 MiB calls timed out"
+    finally:
+        server.stop()

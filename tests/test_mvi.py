@@ -1,14 +1,21 @@
 """Seed 000's MVI calls on a real server (the built-in apps mvi_ocr and mvi_defect), with the seed's client code:
-initial_defect_task, ocr_task, defect_detect_task, and every bad input the issue names."""
+initial_defect_task, ocr_task, defect_detect_task, and every bad input the issue names; then mvi_defect's own
+inference API: a bad product (an input it does not take, a bad param) is 400 naming it and fails alone, and bad
+custom_params fail the app naming the key."""
 import json
 import shutil
 import urllib.request
 
+import threading
+
 import cv2
+import numpy as np
 import pytest
 
 from conftest import REPO, RunningServer, wait_until
 from evals.mvi_ocr import data as ocr_data
+from serving.client import Client
+from serving.config import load_app_config
 from serving.proto import mvp_pb2, mvp_pb2_grpc
 from serving.store import Store
 from serving.synth.products import make_products
@@ -143,3 +150,127 @@ def test_ocr_task_bad_input(env):
     for image_id, expected in (("5b87df87c55e4f0b89a6c364", 404), ("nope", 400), (env["blob"], 400)):
         res = client.ocr_task(mvp_pb2.OcrRequestParam(img_mongo_id=image_id), timeout=TIMEOUT)
         assert res.res_code == expected and res.res_msg and res.code_str == ""
+
+
+# ---------------------------------------------------------------------------------------------- mvi_defect's API
+
+DEFECT = "mvi_defect"
+
+
+@pytest.fixture(scope="module")
+def defect(env):
+    with Client("127.0.0.1", env["server"].port, DEFECT, timeout=TIMEOUT) as client:
+        yield client
+
+
+def _product(product):
+    return [{"body": _png(image), "attribute": {"view_id": view_id}} for view_id, image, _ in product.views]
+
+
+def _is_verdict(result):
+    return "error" not in result and result["verdict"] in ("OK", "NG")
+
+
+def test_a_bad_product_fails_alone_beside_good_ones(env, defect):
+    """One call, so one batch: before, a view carrying an input named "tensor" failed every product of the batch
+    with 599 'scale'. Now the bad products get 400 naming the input and the good ones their verdicts."""
+    ng = env["ng"]
+    view = {"body": _png(ng.views[1][1])}
+    results = defect.infer([
+        _product(ng),
+        {"body": view["body"], "tensor": np.zeros((3, 256, 256), np.float32)},
+        view,
+        [view, {"body": view["body"], "view_id": np.zeros(2, np.int32)}],
+    ])
+    assert results[0]["verdict"] == "NG" and results[0]["failed_views"] == ng.defective_views, results[0]
+    assert results[1]["code"] == 400 and "view 1: unknown input 'tensor'" in results[1]["error"]
+    assert _is_verdict(results[2]) and "detections" in results[2], results[2]
+    assert results[3]["code"] == 400 and "view 2: unknown input 'view_id'" in results[3]["error"]
+
+
+def test_a_caller_sending_bad_products_never_fails_another_callers(env, defect):
+    body = _png(env["ok"].views[0][1])
+    stop = threading.Event()
+    refused = []
+
+    def attacker():
+        with Client("127.0.0.1", env["server"].port, DEFECT, timeout=TIMEOUT) as own:
+            while not stop.is_set():
+                refused.append(own.infer([{"body": body, "tensor": np.zeros((3, 256, 256), np.float32)}])[0])
+
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    try:
+        honest = [defect.infer([{"body": body}])[0] for _ in range(4)]
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+    assert all(_is_verdict(result) for result in honest), honest
+    assert refused and all(result["code"] == 400 for result in refused)
+
+
+@pytest.mark.parametrize("instance, params, message", [
+    # Valid JSON integers too large for a float: refused like 2 would be, never an OverflowError (599).
+    ({}, {"score_threshold": 10 ** 400}, "params.score_threshold must be a number in [0, 1]"),
+    ({}, {"ng_threshold": 10 ** 400}, "params.ng_threshold must be a number in [0, 1]"),
+    ({}, {"ng_threshold": "high"}, "params.ng_threshold must be a number in [0, 1]"),
+    ({"attribute": "front"}, None, "view 1: attribute must be an object"),
+    ({"attribute": {"view_id": [1]}}, None, "view 1: attribute.view_id must be an integer, got list"),
+    ({"body": b""}, None, "view 1 has no image"),
+    ({"mask": b"\x00", "scale": 2.0}, None, "view 1: unknown input 'mask', 'scale'"),
+])
+def test_bad_input_is_400_naming_it(defect, instance, params, message):
+    image = np.full((64, 64, 3), 128, np.uint8)
+    result = defect.infer([{"body": _png(image), **instance}], params)[0]
+    assert result["code"] == 400 and message in result["error"], result
+
+
+def _defect_copy(evals, name, custom_params):
+    app = evals / name
+    shutil.copytree(REPO / "evals" / DEFECT, app, ignore=shutil.ignore_patterns("__pycache__"))
+    config = json.loads((app / "app.json").read_text())
+    config["custom_params"].update(custom_params)
+    (app / "app.json").write_text(json.dumps(config))
+
+
+def test_numeric_custom_params_are_checked_at_load_naming_the_key(tmp_path):
+    """Integers too large for a float in app.json: a clear load failure naming the key (score and NG
+    thresholds), or a working app (top_k: a bound higher than any count of peaks)."""
+    evals = tmp_path / "evals"
+    _defect_copy(evals, "score", {"score_threshold": 10 ** 400})
+    _defect_copy(evals, "ng", {"ng_threshold": 10 ** 400})
+    _defect_copy(evals, "topk", {"top_k": 10 ** 400})
+    server = RunningServer(["--evals", str(evals)])
+    try:
+        with Client("127.0.0.1", server.port, "topk", timeout=TIMEOUT) as client:
+            apps = {app["name"]: app for app in client.apps()}
+            result = client.infer([{"body": _png(np.full((64, 64, 3), 128, np.uint8))}])[0]
+    finally:
+        server.stop()
+    assert apps["score"]["state"] == "FAILED"
+    assert "custom_params.score_threshold must be a number in [0, 1]" in apps["score"]["reason"]
+    assert apps["ng"]["state"] == "FAILED"
+    assert "custom_params.ng_threshold must be a number in [0, 1]" in apps["ng"]["reason"]
+    assert apps["topk"]["state"] == "READY" and _is_verdict(result), result
+
+
+def test_net_inference_answers_each_product_on_its_own(env):
+    """As a host calls net_inference (net_preprocess is optional in the contract): a batch holding raw products,
+    one of them bad, and one whose views the network refuses. Each gets its own ret; none fails the batch."""
+    from evals.mvi_defect import eval as app
+
+    app_dir = REPO / "evals" / DEFECT
+    model, code, message = app.create_net(load_app_config(app_dir).create_net_configs(DEFECT, app_dir))
+    assert (code, message) == (0, "")
+    good = {"data": {"body": _png(env["ok"].views[0][1])}, "params": {}}
+    broken, _, _ = app.net_preprocess(model, {"data": {"body": good["data"]["body"]}, "params": {}})
+    # The network takes 3 x 256 x 256 inputs: this product's forward pass fails, and only this product's.
+    broken[app._STATE]["tensors"] = [np.zeros((3, 8, 8), np.float32)]
+    requests = [good, {"data": {"body": good["data"]["body"], "tensor": np.zeros(3)}, "params": {}}, broken,
+                "not a request", dict(good)]
+    rets, code, message = app.net_inference(model, requests)
+    assert (code, message) == (0, "")
+    assert [ret["code"] for ret in rets] == [0, 400, 500, 400, 0]
+    assert "unknown input 'tensor'" in rets[1]["message"]
+    assert rets[2]["message"].startswith("forward inference failed")
+    assert rets[0]["result"] == rets[4]["result"] and rets[0]["result"]["verdict"] in ("OK", "NG")

@@ -136,6 +136,8 @@ def test_multi_image_request(client, codes):
     ({"min_score": "high"}, "params.min_score must be a number in [0, 1]"),
     ({"min_score": 1.5}, "params.min_score must be a number in [0, 1]"),
     ({"min_score": True}, "params.min_score must be a number in [0, 1]"),
+    # Valid JSON, too large for a float: refused like 2, not an OverflowError (599).
+    ({"min_score": 10 ** 400}, "params.min_score must be a number in [0, 1], got an integer of 1329 bits"),
     ({"charst": "digits"}, "unknown params charst"),
 ])
 def test_bad_params_are_400_naming_the_param(client, codes, params, message):
@@ -183,6 +185,20 @@ def app_copy(root, app_json):
 def test_unknown_model_param_fails_the_app_naming_the_key(tmp_path):
     with pytest.raises(Exception, match="model_params.det_thread is not a setting"):
         InProcessRunner(app_copy(tmp_path, {"model_params": {"det_thread": 2}}), APP)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    # Integers too large for a float (valid JSON): each names its key, none escapes as OverflowError.
+    ("det_thresh", 10 ** 400, "must be a number between 0 and 1, got an integer of 1329 bits"),
+    ("det_unclip_ratio", 10 ** 400, "must be a number > 0 and at most 100"),
+    # A count ONNX Runtime or the image code could not take: refused by name, not by a C-int overflow there.
+    ("det_threads", 10 ** 400, "must be an integer from 1 to 256, got an integer of 1329 bits"),
+    ("rec_min_width", 2 ** 63, "must be an integer from 1 to 16384"),
+    ("det_max_lines", 0, "must be an integer from 1 to 4096, got 0"),
+], ids=["det_thresh-huge", "det_unclip_ratio-huge", "det_threads-huge", "rec_min_width-2**63", "det_max_lines-0"])
+def test_out_of_range_model_params_fail_the_app_naming_the_key(tmp_path, setting, value, message):
+    with pytest.raises(Exception, match=re.escape(f"model_params.{setting} {message}")):
+        InProcessRunner(app_copy(tmp_path, {"model_params": {setting: value}}), APP)
 
 
 def test_an_unreadable_default_charset_fails_the_app(tmp_path):

@@ -394,6 +394,42 @@ def test_mutual_tls_requires_a_client_certificate_of_the_ca(mtls_server, pki):
         assert result["app"] == "probe"
 
 
+def health(server, *flags, env=None):
+    """`serving health` against `server`, with the TLS settings of the environment only as `env` gives them."""
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith("SERVING_TLS_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "serving.cli", "health", "--target", server.target, *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=30, env=full_env)
+
+
+def test_health_checks_a_tls_server(tls_server, pki):
+    ca, _ = pki["ca"]
+    plain = health(tls_server, "--timeout", "3")
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+    by_flag = health(tls_server, "--tls-ca", str(ca))
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout.strip() == f"{tls_server.target} (server): SERVING"
+    # A container's HEALTHCHECK is a bare `serving health`: the CA comes from its environment.
+    by_env = health(tls_server, env={"SERVING_TLS_CA": str(ca)})
+    assert by_env.returncode == 0 and "SERVING" in by_env.stdout, by_env.stderr
+    untrusted = health(tls_server, "--tls-ca", str(pki["rogue_client"][0]), "--timeout", "3")
+    assert untrusted.returncode == 1 and "UNAVAILABLE" in untrusted.stderr
+    missing = health(tls_server, "--tls-ca", str(ca.parent / "no-such-ca.pem"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "cannot read TLS CA" in missing.stderr
+
+
+def test_health_checks_a_mutual_tls_server(mtls_server, pki):
+    ca, _ = pki["ca"]
+    cert, key = pki["client"]
+    anonymous = health(mtls_server, "--tls-ca", str(ca), "--timeout", "3")
+    assert anonymous.returncode == 1
+    by_flag = health(mtls_server, "--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key))
+    assert by_flag.returncode == 0 and "SERVING" in by_flag.stdout, by_flag.stderr
+    by_env = health(mtls_server, env={"SERVING_TLS_CA": str(ca), "SERVING_TLS_CLIENT_CERT": str(cert),
+                                      "SERVING_TLS_CLIENT_KEY": str(key)})
+    assert by_env.returncode == 0 and "SERVING" in by_env.stdout, by_env.stderr
+
+
 # ---- uri confinement -------------------------------------------------------------------------------------------------
 
 def test_without_data_roots_every_uri_is_refused(tls_server, pki, data):

@@ -1,6 +1,8 @@
 """The native protocol against a real server on loopback: values, batching, ordering, every error path."""
 import asyncio
+import datetime
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -12,11 +14,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import REPO, wait_until
+from conftest import REPO, TESTS, wait_until
 from serving import codec
 from serving.client import AsyncClient, Client
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
+from test_workers import free_port, start_until, stop_within
 
 
 def client_for(server, app="probe", **kwargs):
@@ -222,6 +225,27 @@ def test_batch_level_code_with_message_fails_every_request(apps_server, code):
     assert results == [{"error": "model busy", "code": code}] * 2
 
 
+def test_eval_codes_and_messages_the_wire_cannot_carry_come_back_as_errors(apps_server):
+    with client_for(apps_server) as client:
+        # Codes travel as int32: a larger one is the eval's error (500), its neighbours unharmed.
+        results = client.infer([{"attribute": {"fail": 2**40}}, {"i": 2}])
+        assert results[0]["code"] == 500 and "code 1099511627776, outside the 32-bit range" in results[0]["error"]
+        assert results[1]["data"]["i"]["value"] == 2
+        # A lone surrogate (what os.fsdecode makes of an undecodable file name) cannot be UTF-8: it is escaped.
+        results = client.infer([{"i": 1}], params={"batch_fail": [404, "no such file: caf\udce9.png"]})
+        assert results == [{"error": "no such file: caf\\udce9.png", "code": 404}]
+
+
+def test_failures_are_told_by_their_type(apps_server):
+    with client_for(apps_server) as client:
+        (result,), (failed,) = client.infer({"i": 1}), client.infer({"attribute": {"fail": 404}})
+    with client_for(apps_server, app="nope") as client:
+        gone = client.infer({"i": 1})
+    assert not isinstance(result, codec.Failure)
+    assert isinstance(failed, codec.Failure) and failed == {"error": "instance refused with 404", "code": 404}
+    assert isinstance(gone, codec.Failure) and gone["code"] == 404
+
+
 def test_preprocess_failure_fails_that_instance_only(apps_server):
     with client_for(apps_server) as client:
         results = client.infer([{"attribute": {"pre_fail": 415}}, {"i": 2}])
@@ -379,3 +403,92 @@ def test_sigterm_finishes_calls_in_flight_and_exits_0(fresh_apps_server):
     caller.join(10)
     assert server.proc.wait(10) == 0
     assert results["r"][0]["data"]["i"]["value"] == 7
+
+
+def test_sigterm_during_start_up_exits_0_at_once_without_serving(tmp_path):
+    proc, lines = start_until(["--no-supervise", "--evals", str(TESTS / "apps_slow_start"), "--data-dir",
+                               str(tmp_path)], "create_net started")
+    code, took = stop_within(proc, 10)  # create_net sleeps 60 s
+    time.sleep(0.2)
+    assert code == 0 and took < 10, (code, took, "".join(lines))
+    assert "serving on" not in "".join(lines)
+
+
+# ---- start-up errors: one line naming the problem, a non-zero exit, no traceback ----------------------------------
+
+def serve_fails(tmp_path, *args):
+    """`serving serve --no-supervise ARGS` that must fail at start-up: its last line of output."""
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--no-supervise", "--host", "127.0.0.1",
+                          "--data-dir", str(tmp_path / "data"), "--evals", str(TESTS / "apps"), *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and "serving on" not in run.stdout, run.stderr
+    return run.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """Two self-signed certificates for 127.0.0.1 with their keys: {name: (cert path, key path)}, and broken
+    PEM files: empty, garbage, and a certificate whose body is corrupt."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = {}
+    for name in ("a", "b"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        out[name] = (folder / f"{name}.pem", folder / f"{name}.key")
+    (folder / "empty.pem").write_bytes(b"")
+    (folder / "garbage.pem").write_bytes(b"garbage\n")
+    lines = (folder / "a.pem").read_bytes().splitlines(keepends=True)
+    (folder / "corrupt.pem").write_bytes(lines[0] + b"AAAA" + lines[1][4:] + b"".join(lines[2:]))
+    out["folder"] = folder
+    return out
+
+
+@pytest.mark.parametrize("cert, key, client_ca, expected", [
+    ("garbage.pem", "a.key", None, "TLS certificate {cert} holds no PEM certificate"),
+    ("empty.pem", "a.key", None, "TLS certificate {cert} is empty"),
+    ("corrupt.pem", "a.key", None, "TLS certificate {cert} is not a valid PEM certificate"),
+    ("a.pem", "b.key", None, "TLS key {key} is not the key of TLS certificate {cert}"),
+    ("a.pem", "a.pem", None, "TLS key {key} holds no PEM private key"),
+    ("a.pem", "a.key", "garbage.pem", "TLS client CA {client_ca} holds no PEM certificate"),
+    ("a.pem", "a.key", "empty.pem", "TLS client CA {client_ca} is empty"),
+])
+def test_bad_tls_material_stops_start_up_with_a_message_naming_the_file(certificates, tmp_path, cert, key,
+                                                                         client_ca, expected):
+    folder = certificates["folder"]
+    args = ["--port", "0", "--tls-cert", str(folder / cert), "--tls-key", str(folder / key)]
+    if client_ca:
+        args += ["--tls-client-ca", str(folder / client_ca)]
+    last = serve_fails(tmp_path, *args)
+    expected = expected.format(cert=folder / cert, key=folder / key, client_ca=folder / str(client_ca))
+    assert last.startswith("serving: " + expected), last
+
+
+def test_a_port_in_use_stops_start_up_with_a_message_naming_it(tmp_path):
+    with socket.socket() as taken:  # no SO_REUSEPORT: gRPC cannot share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        last = serve_fails(tmp_path, "--port", str(port))
+    assert last == f"serving: cannot listen on 127.0.0.1:{port}: port in use or address not available", last
+
+
+def test_a_metrics_port_in_use_stops_start_up_with_a_message_naming_it(tmp_path):
+    grpc_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        last = serve_fails(tmp_path, "--port", str(grpc_port), "--metrics-port", str(metrics_port))
+    assert last.startswith(f"serving: cannot serve metrics on 127.0.0.1:{metrics_port}: port in use"), last

@@ -1,9 +1,16 @@
 """`serving serve --workers N`: N supervised processes on one port."""
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
 
-from conftest import TESTS, RunningServer, wait_until
+import psutil
+
+from conftest import REPO, TESTS, RunningServer, wait_until
 from serving.client import Client
 
 
@@ -44,3 +51,86 @@ def test_a_worker_that_cannot_start_stops_everything():
         assert "failed to start; stopping" in str(exc)
     else:
         raise AssertionError("a --strict start-up failure must stop the supervisor")
+
+
+def free_port():
+    """A port nothing listens on now (the OS's pick, released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def infer_pid(server, app, params=None):
+    host, port = server.target.split(":")
+    with Client(host, int(port), app, timeout=30) as client:
+        [result] = client.infer({}, params)
+    assert "pid" in result, result
+    return result["pid"]
+
+
+def test_a_worker_over_max_rss_with_a_fixed_metrics_port_is_replaced_and_its_replacement_serves_metrics():
+    # The Docker images set a fixed metrics port: the replacement needs the very port the old worker holds.
+    metrics_port = free_port()
+    server = RunningServer(["--evals", str(TESTS / "apps_faults"), "--metrics-port", str(metrics_port),
+                            "--max-rss-mb", "200"])
+    try:
+        old = infer_pid(server, "steady")
+        assert 'serving_requests_total{app="steady",code="0"} 1.0' in scrape(metrics_port)
+        infer_pid(server, "crashy", {"leak_mb": 300})  # a worker of ~60 MiB now holds ~360
+        assert wait_until(lambda: "replaced pid" in server.output, 60), server.output
+        new = infer_pid(server, "steady")
+        assert new != old and not psutil.pid_exists(old)
+        # The port now exports the replacement: one steady call, and no crashy call (the old worker's).
+        text = scrape(metrics_port)
+        assert 'serving_requests_total{app="steady",code="0"} 1.0' in text, text
+        assert 'serving_requests_total{app="crashy"' not in text, text
+        assert "restarting in" not in server.output and "Address already in use" not in server.output
+    finally:
+        assert server.stop(30) == 0, server.output
+
+
+def start_until(args, line, timeout=60):
+    """`serving serve ARGS` on a free loopback port, once its output shows `line`: (process, output lines)."""
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+                             *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    if not wait_until(lambda: any(line in seen for seen in lines) or proc.poll() is not None, timeout):
+        proc.kill()
+    assert any(line in seen for seen in lines), "".join(lines)
+    return proc, lines
+
+
+def stop_within(proc, seconds):
+    """SIGTERM `proc`: (exit status, seconds it took); killed and None when it took longer than `seconds`."""
+    started = time.monotonic()
+    proc.terminate()
+    try:
+        return proc.wait(seconds), time.monotonic() - started
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None, time.monotonic() - started
+
+
+def test_sigterm_to_the_supervisor_while_its_worker_runs_create_net_exits_0_at_once(tmp_path):
+    proc, lines = start_until(["--evals", str(TESTS / "apps_slow_start"), "--data-dir", str(tmp_path)],
+                              "create_net started")
+    code, took = stop_within(proc, 10)  # create_net sleeps 60 s; the supervisor's own limit is grace + 30 s
+    time.sleep(0.2)
+    output = "".join(lines)
+    assert code == 0 and took < 10, (code, took, output)
+    assert "serving on" not in output and "did not stop" not in output
+
+
+def test_sigterm_to_the_supervisor_right_after_it_started_exits_0(tmp_path):
+    # The worker is still importing (no SIGTERM handler yet) or already loading apps: either way a clean stop.
+    proc, lines = start_until(["--evals", str(TESTS / "apps"), "--data-dir", str(tmp_path)], "worker 0: pid")
+    code, took = stop_within(proc, 20)
+    assert code == 0, "".join(lines)

@@ -49,13 +49,14 @@ Settings (``app.json`` ``model_params``; unknown keys are refused at start-up, n
     ``rec_max_width``: the widest a line gets at 48 pixels high; ``rec_min_width``: the narrowest a recognition
     batch is padded to (640: blank room after the text makes the recogniser more accurate, see
     :class:`evals.mvi_ocr.recognition.TextRecognizer`). ``model_files`` ``det`` / ``rec`` replace
-    the package's model files (same formats).
+    the package's model files (same formats). Thread counts are at most 256, sizes and widths at most 16384,
+    ``det_max_lines`` at most 4096 and ``det_unclip_ratio`` at most 100; a value out of range (an integer too
+    large for a float included) is refused at start-up, naming the key.
 
 Metrics: each recogniser call observes ``ava_serving_eval_response_time{method="py.forward", number=<lines>}`` and
 each ``net_inference`` ``{method="py.inference", number=<requests>}``, so batching shows on ``/metrics``.
 """
 
-import math
 import os
 from importlib.resources import files
 
@@ -76,18 +77,25 @@ PARAMS = ("charset", "min_score")
 # The package's files; `model_files` in app.json overrides them.
 PACKAGE_MODELS = {"det": "ch_PP-OCRv4_det_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx"}
 
-# model_params: name -> (default, kind); kinds are checked by _setting.
+# model_params: name -> (default, kind, upper bound or None); kinds are checked by _setting. The bounds keep a
+# setting within what ONNX Runtime and the pre/post-processing take (a thread count is a C int; an integer too
+# large for a float would otherwise raise OverflowError there, far from the key that caused it) and well above
+# any sensible value: images are at most 4999 pixels a side (evals.utils.load_image).
+_MAX_THREADS = 256
+_MAX_PIXELS = 16384
 _SETTINGS = {
-    "det_threads": (1, "count"),
-    "rec_threads": (2, "count"),
-    "det_max_side": (DetectorSettings.max_side, "count"),
-    "det_thresh": (DetectorSettings.thresh, "fraction"),
-    "det_box_thresh": (DetectorSettings.box_thresh, "fraction"),
-    "det_unclip_ratio": (DetectorSettings.unclip_ratio, "positive"),
-    "det_max_lines": (DetectorSettings.max_lines, "count"),
-    "rec_max_width": (1280, "count"),
-    "rec_min_width": (640, "count"),
+    "det_threads": (1, "count", _MAX_THREADS),
+    "rec_threads": (2, "count", _MAX_THREADS),
+    "det_max_side": (DetectorSettings.max_side, "count", _MAX_PIXELS),
+    "det_thresh": (DetectorSettings.thresh, "fraction", None),
+    "det_box_thresh": (DetectorSettings.box_thresh, "fraction", None),
+    "det_unclip_ratio": (DetectorSettings.unclip_ratio, "positive", 100),
+    "det_max_lines": (DetectorSettings.max_lines, "count", 4096),
+    "rec_max_width": (1280, "count", _MAX_PIXELS),
+    "rec_min_width": (640, "count", _MAX_PIXELS),
 }
+# How much of a refused value a message repeats: the value comes from a caller or a config file.
+_MAX_SHOWN_CHARS = 60
 
 # A request's own state between net_preprocess and net_inference, under this key of the request.
 _STATE = "_mvi_ocr"
@@ -189,10 +197,23 @@ def _params(model, request):
     except CharsetError as error:
         raise ErrorBase(BAD_REQUEST, str(error)) from None
     min_score = params.get("min_score", DEFAULT_MIN_SCORE)
-    if (isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not math.isfinite(min_score)
-            or not 0 <= min_score <= 1):
-        raise ErrorBase(BAD_REQUEST, f"params.min_score must be a number in [0, 1], got {min_score!r}")
+    # The range is checked by comparing, before any conversion: an int too large for a float (valid JSON) then
+    # fails like 2 does, and NaN and infinities fail the comparison too.
+    if not _is_number(min_score) or not 0 <= min_score <= 1:
+        raise ErrorBase(BAD_REQUEST, f"params.min_score must be a number in [0, 1], got {_shown(min_score)}")
     return allowed, float(min_score)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value):
+    """``repr(value)`` for a message, cut short (a huge int has hundreds of digits, or more than str() takes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
 
 
 def _state(request):
@@ -219,21 +240,24 @@ def _settings(model_params):
     if unknown:
         raise ErrorBase(BAD_REQUEST, f"model_params.{unknown[0]} is not a setting of mvi_ocr; "
                                      f"known: {', '.join(sorted(_SETTINGS))}")
-    return {name: _setting(name, model_params.get(name, default), kind)
-            for name, (default, kind) in _SETTINGS.items()}
+    return {name: _setting(name, model_params.get(name, default), kind, bound)
+            for name, (default, kind, bound) in _SETTINGS.items()}
 
 
-def _setting(name, value, kind):
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = {
-        "count": number and isinstance(value, int) and value >= 1,
-        "fraction": number and 0 < value < 1,
-        "positive": number and value > 0,
-    }[kind]
+def _setting(name, value, kind, bound=None):
+    """`value` if it is a valid setting of `kind` (at most `bound`), else a 400 naming ``model_params.<name>``.
+    Only comparisons, no float conversion: NaN and infinities fail them, and so does an int too large for a float
+    (it would raise OverflowError, naming nothing)."""
+    if kind == "count":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= bound
+    elif kind == "fraction":
+        ok = _is_number(value) and 0 < value < 1
+    else:
+        ok = _is_number(value) and 0 < value <= bound
     if not ok:
-        wanted = {"count": "an integer >= 1", "fraction": "a number between 0 and 1",
-                  "positive": "a number > 0"}[kind]
-        raise ErrorBase(BAD_REQUEST, f"model_params.{name} must be {wanted}, got {value!r}")
+        wanted = {"count": f"an integer from 1 to {bound}", "fraction": "a number between 0 and 1",
+                  "positive": f"a number > 0 and at most {bound}"}[kind]
+        raise ErrorBase(BAD_REQUEST, f"model_params.{name} must be {wanted}, got {_shown(value)}")
     return value
 
 

@@ -3,6 +3,11 @@
 Every image gets a *name*: the string written to results.jsonl as "file", sent to the app as the instance's
 ``attribute.filename``, and matched against label files. Names use forward slashes on every platform, so a
 label file written on one machine scores a run made on another.
+
+A name is always valid Unicode: a file name on disk that is not valid UTF-8 (a Latin-1 "café.png" unzipped
+from a Windows archive) gets its undecodable bytes written as ``\\xNN`` (see `display_name`), while the image is
+still read by its real path. Python keeps such bytes as lone surrogates, which no UTF-8 file, JSON document or
+protobuf string can hold, so a raw name would end the whole run at its first write.
 """
 import os
 from dataclasses import dataclass
@@ -17,6 +22,19 @@ class InputImage:
 
     path: Path
     name: str
+
+
+def display_name(text):
+    """``text`` (a str from the file system, possibly holding surrogate-escaped bytes) as valid Unicode.
+
+    Bytes that are not UTF-8 become ``\\xNN``; a name that is valid UTF-8 is returned unchanged.
+    """
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:
+        # Lone surrogates that did not come from the file system (a name a caller made up): escape them as such.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def is_image_path(path):
@@ -42,7 +60,7 @@ def collect_images(source):
     if not source.exists():
         raise FileNotFoundError(f"no such image folder or list file: {source}")
     if is_image_path(source):
-        return [InputImage(path=source, name=source.name)]
+        return [InputImage(path=source, name=display_name(source.name))]
     return read_list_file(source)
 
 
@@ -55,7 +73,7 @@ def _collect_folder(folder):
             if filename.startswith(".") or not is_image_path(filename):
                 continue
             path = Path(dirpath) / filename
-            found.append(InputImage(path=path, name=path.relative_to(folder).as_posix()))
+            found.append(InputImage(path=path, name=display_name(path.relative_to(folder).as_posix())))
     found.sort(key=lambda image: image.name)
     return found
 
@@ -68,28 +86,35 @@ def read_list_file(list_path):
     twice is kept once (the first time), since results and labels are keyed by name. The image's name is the
     entry as written, with forward slashes and without a leading "./".
 
-    Raises FileNotFoundError listing the entries that do not exist, so a typo fails before a long run starts.
+    Raises FileNotFoundError listing the entries that do not exist, so a typo fails before a long run starts,
+    and ValueError when the file is not UTF-8 text (say an image or an archive given to --list by mistake).
     """
     list_path = Path(list_path)
     base = list_path.parent
     images, seen, missing = [], set(), []
-    with open(list_path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            path = Path(entry) if os.path.isabs(entry) else base / entry
-            if not path.is_file():
-                missing.append(f"line {line_number}: {entry}")
-                continue
-            name = _entry_name(entry)
-            if name in seen:
-                continue
-            seen.add(name)
-            images.append(InputImage(path=path, name=name))
+    try:
+        # utf-8-sig: a list saved by a Windows editor starts with a BOM, which would otherwise be part of entry 1.
+        with open(list_path, encoding="utf-8-sig") as handle:
+            lines = handle.readlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{display_name(str(list_path))}: not a list file (UTF-8 text, one image path per "
+                         f"line): {exc.reason} at byte {exc.start}") from None
+    for line_number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry) if os.path.isabs(entry) else base / entry
+        if not path.is_file():
+            missing.append(f"line {line_number}: {entry}")
+            continue
+        name = _entry_name(entry)
+        if name in seen:
+            continue
+        seen.add(name)
+        images.append(InputImage(path=path, name=name))
     if missing:
         shown = "; ".join(missing[:10]) + ("" if len(missing) <= 10 else f"; and {len(missing) - 10} more")
-        raise FileNotFoundError(f"{list_path}: {len(missing)} listed image(s) not found: {shown}")
+        raise FileNotFoundError(f"{display_name(str(list_path))}: {len(missing)} listed image(s) not found: {shown}")
     return images
 
 
@@ -111,11 +136,14 @@ def as_input_images(images):
     normalised = []
     for item in images:
         if isinstance(item, InputImage):
-            normalised.append(item)
+            path, name = item.path, item.name
         elif isinstance(item, (str, os.PathLike)):
-            normalised.append(InputImage(path=Path(item), name=Path(item).as_posix()))
+            path = Path(item)
+            name = path.as_posix()
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            normalised.append(InputImage(path=Path(item[0]), name=str(item[1])))
+            path, name = Path(item[0]), str(item[1])
         else:
             raise TypeError(f"an image must be an InputImage, a (path, name) pair or a path, not {item!r}")
+        # A caller's names may come straight from os.listdir: the same rule as collected names (module docstring).
+        normalised.append(InputImage(path=path, name=display_name(name)))
     return normalised

@@ -34,7 +34,8 @@ _CURVE_COLOURS = ("#1d4ed8", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b
 
 def write_report(path, summary, records):
     """Render the report of ``summary`` and ``records`` (the results.jsonl records) and write it to ``path``."""
-    with open(path, "w", encoding="utf-8") as handle:
+    # backslashreplace: a lone surrogate in an app's result shows as "\udcNN" rather than losing the report.
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as handle:
         handle.write(render_report(summary, records))
 
 

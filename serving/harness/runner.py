@@ -12,8 +12,9 @@ import numpy as np
 from tqdm import tqdm
 
 from serving import errors
+from serving.codec import Failure
 from serving.harness import scoring
-from serving.harness.inputs import as_input_images
+from serving.harness.inputs import as_input_images, display_name
 from serving.harness.report import write_report
 
 RESULTS_FILE = "results.jsonl"
@@ -22,7 +23,7 @@ REPORT_FILE = "report.html"
 
 
 def run_harness(infer, images, out_dir, *, app, labels_path=None, concurrency=4, params=None, progress=True,
-                task=None):
+                task=None, labels=None):
     """Run ``images`` through ``infer`` and write results.jsonl, summary.json and report.html to ``out_dir``.
 
     ``infer(instance, params) -> dict`` is called once per image, from ``concurrency`` threads at a time, with
@@ -32,7 +33,9 @@ def run_harness(infer, images, out_dir, *, app, labels_path=None, concurrency=4,
 
     ``images`` is a folder or list-file path, or a sequence of InputImage / (path, name) / paths (see
     `serving.harness.inputs`). ``labels_path`` names a label file (see `serving.harness.scoring`); it is read
-    before the first call, so a bad label file fails fast. ``task`` forces "text", "class" or "detection".
+    before the first call, so a bad label file fails fast; ``labels`` passes labels already loaded with
+    `scoring.load_labels` instead (the CLI reads them before it starts the app). ``task`` forces "text", "class"
+    or "detection".
 
     Returns the summary dict, the same as summary.json: app, n_images, n_ok, n_errors, errors_by_code
     ({"<code>": count}; string keys, as JSON has them), latency_ms {p50, p90, p99, mean, max} over every call,
@@ -48,7 +51,10 @@ def run_harness(infer, images, out_dir, *, app, labels_path=None, concurrency=4,
     inputs = as_input_images(images)
     if not inputs:
         raise ValueError(f"no images to run in {images!r}")
-    labels = scoring.load_labels(labels_path) if labels_path is not None else None
+    if labels is not None and labels_path is not None:
+        raise ValueError("pass labels_path or labels, not both")
+    if labels_path is not None:
+        labels = scoring.load_labels(labels_path)
     if labels is not None and task is not None:
         scoring.detect_task(labels, {}, task)  # only checks that the forced task fits the labels
     params = {} if params is None else params
@@ -58,7 +64,10 @@ def run_harness(infer, images, out_dir, *, app, labels_path=None, concurrency=4,
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     records = [None] * len(inputs)
     wall_start = time.perf_counter()
-    with open(out_dir / RESULTS_FILE, "w", encoding="utf-8") as results_file:
+    # errors="backslashreplace": names and messages are made valid Unicode (inputs.display_name), but an app's
+    # result may still hold a lone surrogate; written as "\udcNN", JSON reads it back, and one odd string never
+    # ends a run of thousands with nothing written.
+    with open(out_dir / RESULTS_FILE, "w", encoding="utf-8", errors="backslashreplace") as results_file:
         writer = _OrderedWriter(results_file, records)
         _run_all(infer, inputs, params, concurrency, progress, app, writer)
     wall_s = time.perf_counter() - wall_start
@@ -67,7 +76,7 @@ def run_harness(infer, images, out_dir, *, app, labels_path=None, concurrency=4,
     summary["started_at"] = started_at
     if labels is not None:
         summary["scores"] = _score(labels, records, task)
-    with open(out_dir / SUMMARY_FILE, "w", encoding="utf-8") as handle:
+    with open(out_dir / SUMMARY_FILE, "w", encoding="utf-8", errors="backslashreplace") as handle:
         json.dump(summary, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
     write_report(out_dir / REPORT_FILE, summary, records)
@@ -103,7 +112,8 @@ def _call_one(infer, image, params):
         body = image.path.read_bytes()
     except OSError as exc:
         # No call was made, so there is no latency to count.
-        return _failure(image.name, errors.BAD_REQUEST, f"cannot read {image.path}: {exc}", None)
+        return _failure(image.name, errors.BAD_REQUEST, f"cannot read {display_name(str(image.path))}: {exc}",
+                        None)
     instance = {"body": body, "attribute": {"filename": image.name}}
     start = time.perf_counter()
     try:
@@ -115,7 +125,7 @@ def _call_one(infer, image, params):
     if not isinstance(result, dict):
         return _failure(image.name, errors.EXCEPTION, f"infer returned {type(result).__name__}, not dict",
                         latency_ms)
-    if "error" in result:
+    if isinstance(result, Failure):
         code = result.get("code")
         if not isinstance(code, int) or isinstance(code, bool) or errors.is_ok(code):
             code = errors.INTERNAL  # an error reported with no usable code is still an error

@@ -86,13 +86,18 @@ class Labels:
 def load_labels(path):
     """Read a label file (JSON) and detect its kind; see the module docstring for the formats.
 
-    Raises ValueError (with the path) when the file is not one of the accepted formats.
+    Raises ValueError (with the path) when the file is not one of the accepted formats, OSError when it cannot
+    be read.
     """
-    with open(path, encoding="utf-8") as handle:
+    # utf-8-sig: label files exported from Excel or saved by Windows editors start with a BOM, which json.load
+    # refuses ("Unexpected UTF-8 BOM"); without one it reads plain UTF-8 the same.
+    with open(path, encoding="utf-8-sig") as handle:
         try:
             obj = json.load(handle)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not a JSON file: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not a JSON file (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     return parse_labels(obj, source=str(path))
 
 

@@ -34,6 +34,7 @@ class NativeServicer(pb_grpc.InferenceServicer):
             requests = codec.request_to_eval_requests(request)
             outcomes = await self.dataplane.infer(request.app, request.method, requests, request_id,
                                                   context.time_remaining())
+            return pb.InferResponse(results=[codec.outcome_to_result(o) for o in outcomes], request_id=request_id)
         except ServingError as exc:
             await abort_with(context, exc.code, exc.message, request_id)
             return None
@@ -42,7 +43,6 @@ class NativeServicer(pb_grpc.InferenceServicer):
             log.exception("[%s] Infer failed", request_id)
             await abort_with(context, INTERNAL, f"internal error (request id {request_id})", request_id)
             return None
-        return pb.InferResponse(results=[codec.outcome_to_result(o) for o in outcomes], request_id=request_id)
 
     async def ListApps(self, request, context):
         apps = self.dataplane.registry.apps.values()
