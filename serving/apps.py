@@ -68,7 +68,7 @@ def discover(evals_dir, classic_name=None):
             continue
         if not (folder / "eval.py").is_file():
             continue
-        if not _APP_NAME.match(folder.name):
+        if not _APP_NAME.fullmatch(folder.name):
             raise ConfigError(f"app folder name {folder.name!r} is not a valid app name")
         package = module_name_for(folder.name)
         if package in packages:

@@ -68,7 +68,7 @@ def current_user():
 
 def is_valid_user_name(name):
     """True for a user name the token file accepts: letters, digits and _ . @ - (64 at most)."""
-    return isinstance(name, str) and _USER.match(name) is not None
+    return isinstance(name, str) and _USER.fullmatch(name) is not None
 
 
 def bare_token_user_name(token):
@@ -136,7 +136,7 @@ def parse_tokens(text, source="token file"):
         if len(fields) > 3:
             raise ValueError(f"{where}: expected 'TOKEN [USER [admin]]', got {len(fields)} fields")
         token = fields[0]
-        if not _TOKEN.match(token) or len(token) < MIN_TOKEN_LENGTH:
+        if not _TOKEN.fullmatch(token) or len(token) < MIN_TOKEN_LENGTH:
             raise ValueError(f"{where}: a token is at least {MIN_TOKEN_LENGTH} printable ASCII characters")
         name = fields[1] if len(fields) > 1 else bare_token_user_name(token)
         if not is_valid_user_name(name):

@@ -154,6 +154,7 @@ def test_export_refusals(env):
     code, message, _ = _export(env, model_id, "mvp_detector")
     assert code == 409 and "mvp_detector" in message
     assert _export(env, model_id, "../escape")[0] == 400
+    assert _export(env, model_id, "ok\n")[0] == 400  # `$` of a regular expression also matches before a "\n"
 
 
 def test_trainer_refuses_what_it_cannot_run(env):

@@ -13,6 +13,7 @@ from conftest import TESTS, RunningServer, wait_until
 from serving.jobs.db import JobDB
 from serving.ownership import ANONYMOUS
 from serving.auth import User
+from serving.client import Client
 from serving.proto import mvp_pb2, mvp_pb2_grpc
 from serving.proto import store_pb2 as spb
 from serving.proto import store_pb2_grpc as spb_grpc
@@ -172,6 +173,28 @@ def test_templates_are_private_to_their_owner(env):
 
     assert "bobs-nightly" in names(bob) and "bobs-nightly" not in names(carol) and "bobs-nightly" in names(admin)
     assert admin._call(admin.control.template_delete, mvp_pb2.TemplateName(name="bobs-nightly")).resCode == 0
+
+
+def test_an_exported_app_is_replaced_by_its_exporter_or_an_admin_only(env):
+    bob, carol, admin = env["bob"], env["carol"], env["admin"]
+
+    def export(who, snapshot, name="shared-app"):
+        meta = json.dumps({"app": "counter", "task_id": 7, "iter": 1})
+        model_id = who._call(who.store.Put, spb.PutRequest(kind="model", data=snapshot.encode(), meta=meta)).id
+        reply = who._call(who.control.model_export, mvp_pb2.ModelExportRequest(model_id=model_id, app_name=name))
+        return reply.resCode, reply.ErrorMsg
+
+    def served(token):
+        with Client("127.0.0.1", env["server"].port, "shared-app", token=token, timeout=TIMEOUT) as client:
+            return client.infer({"i": 1})[0]["snapshot"]
+
+    assert export(bob, "bob-1")[0] == 0 and served(BOB) == "bob-1"
+    assert export(bob, "bob-2")[0] == 0 and served(BOB) == "bob-2"  # its exporter replaces it
+    # Another user may not swap what bob's callers are served: taken, as a task id or a template name is.
+    assert export(carol, "carol") == (409, "app name 'shared-app' is taken by another export")
+    assert served(BOB) == "bob-2"
+    assert export(admin, "admin")[0] == 0 and served(BOB) == "admin"
+    assert export(carol, "carol", "carols-app")[0] == 0  # a name of her own is hers
 
 
 def test_without_tokens_callers_are_one_anonymous_user(tmp_path):

@@ -448,6 +448,8 @@ def test_data_root_confines_uris(auth_server, data):
         results = client.infer([{"uri": str(root / "inside.png")}, {"uri": f"file://{root}/inside.png"},
                                 *({"uri": uri} for uri in refused)])
         assert client.infer({"uri": str(root / "missing.png")})[0]["code"] == 400  # inside, absent: not exist
+        # A NUL names no file: 400, not the 599 of an exception escaping os.path.
+        assert client.infer({"uri": str(root / "inside.png") + "\0x"})[0]["code"] == 400
     assert [r["height"] for r in results[:2]] == [48, 48]
     assert results[0]["mean_bgr"] == [90.0, 90.0, 90.0]
     assert [(r["code"], r["error"]) for r in results[2:]] == [(403, f"uri not allowed: {uri}") for uri in refused]
@@ -463,3 +465,16 @@ def test_a_refused_uri_fails_a_kserve_call_with_permission_denied(auth_server):
             triton.infer("legacy_style", [uri], headers={"authorization": f"Bearer {USER_TOKEN}"})
     assert info.value.status() == "StatusCode.PERMISSION_DENIED"
     assert "uri not allowed: /etc/passwd" in info.value.message()
+
+
+def test_with_tokens_only_an_admin_loads_and_unloads_apps(auth_server):
+    user, admin = ({"authorization": f"Bearer {token}"} for token in (USER_TOKEN, ADMIN_TOKEN))
+    with tc.InferenceServerClient(auth_server.target) as triton:
+        for call in (triton.load_model, triton.unload_model):
+            with pytest.raises(tc.InferenceServerException) as info:
+                call("legacy_style", headers=user)
+            assert info.value.status() == "StatusCode.PERMISSION_DENIED"
+            assert "needs an admin token" in info.value.message()
+        assert triton.is_model_ready("legacy_style", headers=user)  # refused: nothing changed
+        triton.load_model("legacy_style", headers=admin)  # reloads it
+        assert triton.is_model_ready("legacy_style", headers=user)

@@ -214,6 +214,8 @@ def _read_local(uri):
     path = os.fspath(uri)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
+    if "\0" in path:  # no file name holds one; os.path would raise ValueError (a 599, logged as a crash)
+        raise ErrorFileNotExist(uri)
     match = _SCHEME.match(path)
     if match:
         if match.group(1).lower() != "file":

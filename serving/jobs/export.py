@@ -15,6 +15,7 @@ image with it). The default name is `<net_model or app>_<task_id>_<iteration>`, 
 Exporting again under the same name replaces the folder and reloads the app without dropping calls in flight.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,6 +36,28 @@ def exported_apps_dir(data_dir):
     return Path(data_dir) / EXPORTED_APPS_DIR
 
 
+#: In an exported app's folder: who exported it ({"owner": user name}), so that only that user (or an admin)
+#: exports over it. A dot file: the app loader and the build context look at eval.py and app.json, not at it.
+EXPORTER_FILE = ".exported_by.json"
+
+
+def read_exporter(app_folder):
+    """The user name that exported the app in `app_folder`: None when there is no such folder, "" (the anonymous
+    user) when it has no record of it or the record is unreadable."""
+    folder = Path(app_folder)
+    if not folder.is_dir():
+        return None
+    try:
+        owner = json.loads((folder / EXPORTER_FILE).read_text(encoding="utf-8")).get("owner", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return owner if isinstance(owner, str) else ""
+
+
+def write_exporter(app_folder, owner):
+    (Path(app_folder) / EXPORTER_FILE).write_text(json.dumps({"owner": owner}), encoding="utf-8")
+
+
 def default_app_name(meta):
     """`<net_model or app>_<task_id>_<iteration>` of a snapshot's store meta."""
     stem = meta.get("net_model") or meta.get("app") or "model"
@@ -42,7 +65,7 @@ def default_app_name(meta):
 
 
 def check_app_name(name):
-    if not isinstance(name, str) or not _APP_NAME.match(name):
+    if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
         raise JobError(BAD_PARAMS, f"app name {name!r}: 1 to 64 letters, digits, '_', '.', '-', starting with a "
                                    "letter or digit")
     return name

@@ -38,7 +38,7 @@ from serving.apps import module_name_for
 from serving.jobs import db as jobdb
 from serving.jobs.codes import BAD_PARAMS, CONFLICT, INTERNAL, NO_TRAINER, NOT_FOUND, NOT_READY, JobError
 from serving.jobs.export import (check_app_name, default_app_name, export_in_subprocess, exported_apps_dir,
-                                 model_record, replace_folder)
+                                 model_record, read_exporter, replace_folder, write_exporter)
 from serving.jobs.params import PARAM_FIELDS, check_task_ids, check_train_params
 from serving.jobs.worker import append_log, child_environment, task_dir
 from serving.ownership import caller, can_see
@@ -601,9 +601,14 @@ class JobManager:
         """Export snapshot `model_id` as an app into DATA/apps/<name> and (re)load it in this server without a
         restart (serving.jobs.export). Returns {"app", "model_id", "path", "state"}. JobError: 400 malformed id or
         name, or not a model; 404 unknown model (or another user's); 409 the name belongs to an app of the evals
-        dir; 503 the app that trained it cannot export; 500 the export or the load failed (a previous version
-        keeps serving)."""
-        record = await asyncio.to_thread(self._model_record, model_id, caller())
+        dir, or to another user's export; 503 the app that trained it cannot export; 500 the export or the load
+        failed (a previous version keeps serving).
+
+        An exported app belongs to the user who exported it (recorded in its folder, EXPORTER_FILE): only that user
+        or an admin may export over it, as for any record (serving.ownership). A folder without the record
+        (exported before it existed) is the anonymous user's."""
+        user = caller()
+        record = await asyncio.to_thread(self._model_record, model_id, user)
         name = check_app_name(app_name or default_app_name(record.meta))
         apps_dir = exported_apps_dir(self.data_dir)
         if self.registry is not None:
@@ -612,11 +617,17 @@ class JobManager:
                 if not mine and (other == name or package == module_name_for(name)):
                     raise JobError(CONFLICT, f"app name {name!r} is taken by the app folder {folder}")
         async with self._exporting:
+            # Under the lock: two exports to one name are decided one after the other.
+            exporter = await asyncio.to_thread(read_exporter, apps_dir / name)
+            if exporter is not None and not can_see(exporter, user):
+                # As for task ids and template names: taken, and nothing said of by whom.
+                raise JobError(CONFLICT, f"app name {name!r} is taken by another export")
             self._exports += 1
             staging = apps_dir / f".{name}.export-{os.getpid()}-{self._exports}"
             try:
                 await asyncio.to_thread(export_in_subprocess, self.data_dir, self.evals_dir, record.id, staging,
                                         self.app_name)
+                await asyncio.to_thread(write_exporter, staging, user.name)
                 await asyncio.to_thread(replace_folder, staging, apps_dir / name)
             finally:
                 await asyncio.to_thread(shutil.rmtree, staging, True)

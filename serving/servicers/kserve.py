@@ -53,7 +53,9 @@ from serving.apps import READY
 from serving.batching import Outcome, call_failure
 from serving.codec import MAX_INSTANCES_PER_CALL, parse_json
 from serving.dataplane import new_request_id
-from serving.errors import BAD_REQUEST, INTERNAL, NOT_FOUND, PAYLOAD_TOO_LARGE, ServingError, abort_with
+from serving.auth import current_user
+from serving.errors import (BAD_REQUEST, FORBIDDEN, INTERNAL, NOT_FOUND, PAYLOAD_TOO_LARGE, ServingError,
+                            abort_with)
 from serving.proto import kserve_pb2 as pb
 
 log = logging.getLogger("serving.kserve")
@@ -658,6 +660,7 @@ class KServeServicer:
 
     async def RepositoryModelLoad(self, request, context):
         try:
+            _check_repository_control("RepositoryModelLoad")
             if request.parameters:
                 raise ServingError(BAD_REQUEST, "RepositoryModelLoad takes no parameters here (got "
                                                 f"{', '.join(sorted(request.parameters))}): edit the app folder "
@@ -669,11 +672,20 @@ class KServeServicer:
 
     async def RepositoryModelUnload(self, request, context):
         try:
+            _check_repository_control("RepositoryModelUnload")
             # tritonclient always sends `unload_dependents`: apps have no dependents, so it changes nothing.
             await self.registry.unload_app(request.model_name)
         except ServingError as exc:
             return await abort_with(context, exc.code, exc.message)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _check_repository_control(method):
+    """Loading and unloading apps changes what every caller is served: with tokens, an admin's call only (403
+    otherwise). A server without tokens cannot tell callers apart, and leaves it to whoever reaches its port."""
+    user = current_user()
+    if user is not None and not user.admin:
+        raise ServingError(FORBIDDEN, f"{method} needs an admin token: it changes what every caller is served")
 
 
 def _duration(count, ns):

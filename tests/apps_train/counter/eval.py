@@ -151,3 +151,25 @@ def test(job):
         job.test_progress(done, len(coco["images"]))
         time.sleep(ITER_SLEEP_S)
     return detections
+
+
+_EXPORTED_APP = '''"""Exported by the counter trainer: answers with the snapshot it was made from."""
+from evals.utils import create_net_handler, net_inference_handler
+
+SNAPSHOT = {snapshot!r}
+
+
+@create_net_handler
+def create_net(configs):
+    return {{}}, 0, ""
+
+
+@net_inference_handler
+def net_inference(model, requests):
+    return [{{"code": 0, "message": "", "result": {{"snapshot": SNAPSHOT}}}} for _ in requests], 0, ""
+'''
+
+
+def export(model_bytes, meta, out_dir):
+    """A servable app of a snapshot: it answers with the snapshot's bytes as text, so tests tell exports apart."""
+    (out_dir / "eval.py").write_text(_EXPORTED_APP.format(snapshot=model_bytes.decode("utf-8", "replace")[:200]))
