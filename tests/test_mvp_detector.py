@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, RunningServer, wait_until
 from serving.client import Client
 from serving.proto import mvp_pb2, mvp_pb2_grpc
-from serving.store import Store
+from serving.store import Store, put_dataset
 
 TIMEOUT = 30
 EXPORT_TIMEOUT = 180
@@ -176,3 +176,125 @@ def test_the_trainer_app_itself_serves_no_inference(env):
     with Client("127.0.0.1", env["server"].port, "mvp_detector", timeout=TIMEOUT) as app:
         answer = app.infer({"body": b"x"})[0]
     assert answer["code"] == 400 and "export" in answer["error"]
+
+
+# A TRAIN task that only has to get through one snapshot.
+SHORT = dict(max_num_iters=2, snap_shot_ivterval=2, batch_size=2)
+
+
+def _wait_end(env, task_id, timeout=120):
+    assert wait_until(lambda: _task(env, task_id)["state"] in ("DONE", "FAILED", "STOPPED"), timeout, 0.2), \
+        _task(env, task_id)
+    return _task(env, task_id)
+
+
+def _nameless_copy(store, dataset_id):
+    """A dataset like `dataset_id` whose images have a store_id and no file_name, which the store accepts."""
+    doc = store.get_json(dataset_id)
+    for image in doc["images"]:
+        del image["file_name"]
+    return put_dataset(store, doc)
+
+
+def test_training_and_testing_need_no_file_names(env):
+    """Validation during training matches images by COCO id, like TEST's evaluation, and reports what it does."""
+    client = env["client"]
+    with Store(env["data_dir"]) as store:
+        train_id = _nameless_copy(store, env["splits"]["train"])
+        val_id = _nameless_copy(store, env["splits"]["val"])
+    assert _start(env, 31, dataset=train_id, val=val_id, **SHORT) == (0, "")
+    task = _wait_end(env, 31)
+    assert task["state"] == "DONE", task.get("error")
+    progress = client.get_train_progresses(_ident(31), timeout=TIMEOUT)
+    assert [r.cur_iter_num for r in progress.train_records_lst] == [2]
+    model_id = progress.model_id_lst[-1]
+    with Store(env["data_dir"]) as store:
+        metrics = store.get(model_id).meta["metrics"]
+    assert metrics["evaluated"] and metrics["map50"] is not None
+
+    # A TEST task of that snapshot on the same images reports the mAP training did.
+    assert _start(env, 32, task_type=1, dataset=val_id, model_id=model_id) == (0, "")
+    task = _wait_end(env, 32)
+    assert task["state"] == "DONE", task.get("error")
+    evaluation = client.evaluation_result_query(_ident(32), timeout=TIMEOUT)
+    with Store(env["data_dir"]) as store:
+        scores = store.get_json(evaluation.json_mongodb_id)
+    assert (scores["mAP_50"], scores["mAP"]) == (pytest.approx(metrics["map50"]), pytest.approx(metrics["map"]))
+
+
+def test_a_model_that_is_not_a_checkpoint_is_refused_without_unsafe_advice(env):
+    with Store(env["data_dir"]) as store:
+        bogus = store.put_blob(b"not a checkpoint at all", kind="model", meta={"app": "mvp_detector"})
+    for task_id, task_type in ((41, 1), (42, 0)):  # TEST of it, fine-tuning from it
+        assert _start(env, task_id, task_type=task_type, dataset=env["splits"]["val"], model_id=bogus,
+                      **SHORT) == (0, "")
+        task = _wait_end(env, task_id)
+        assert task["state"] == "FAILED"
+        assert task["error"].startswith("ValueError: not a serving.training checkpoint: "), task["error"]
+        # torch's own message advises re-running the load with weights_only=False: running the document's code.
+        assert "weights_only" not in task["error"]
+    code, message, _ = _export(env, bogus)
+    assert code == 400 and message.startswith("not a serving.training checkpoint: ") and "weights_only" not in message
+
+
+@pytest.fixture(scope="module")
+def normal_snapshot(env):
+    """The store id of a res18 NORMAL checkpoint (the synth classes), trained here in one tiny step."""
+    import torch
+
+    from serving.synth import make_split
+    from serving.training.params import TrainParams
+    from serving.training.trainer import train
+
+    class Keep:
+        def __init__(self):
+            self.states = []
+
+        def progress(self, record):
+            pass
+
+        def checkpoint(self, iteration, state, metrics):
+            self.states.append(state)
+
+        def should_stop(self):
+            return False
+
+    torch.set_num_threads(2)
+    images, coco = make_split(4, 3, surfaces="train")
+    keep = Keep()
+    train(TrainParams(model_scope="NORMAL", input_size=64, max_iters=1, batch_size=2, snapshot_interval=1), coco,
+          images, coco, images, keep)
+    with Store(env["data_dir"]) as store:
+        return store.put_blob(keep.states[-1], kind="model", meta={"app": "mvp_detector", "net_model": "res18"})
+
+
+def test_fine_tuning_keeps_the_snapshots_architecture(env, normal_snapshot):
+    from serving.training.trainer import load_state
+
+    # net_model and model_scope left at the ParamClass defaults: the snapshot's architecture.
+    assert _start(env, 51, model_id=normal_snapshot, net_model="", model_scope=0, **SHORT) == (0, "")
+    task = _wait_end(env, 51)
+    assert task["state"] == "DONE", task.get("error")
+    snapshot = env["client"].get_train_progresses(_ident(51), timeout=TIMEOUT).model_id_lst[-1]
+    with Store(env["data_dir"]) as store:
+        params = load_state(store.read_blob(snapshot))["params"]
+    assert (params["net_model"], params["model_scope"]) == ("res18", "NORMAL")
+    # Another scope asked for explicitly: one line naming both, not torch's 14 KB list of mismatched tensors.
+    assert _start(env, 52, model_id=normal_snapshot, model_scope=2, **SHORT) == (0, "")
+    task = _wait_end(env, 52)
+    first = task["error"].splitlines()[0]
+    assert task["state"] == "FAILED" and "res18/NORMAL" in first and "res18/BIG" in first and len(first) < 300, first
+
+
+def test_testing_on_a_dataset_whose_categories_share_a_name_fails_naming_it(env, normal_snapshot):
+    """The store refuses such datasets now; one stored before (written here past put_dataset's validation) must
+    not have one class's detections scored as another category's."""
+    with Store(env["data_dir"]) as store:
+        doc = store.get_json(env["splits"]["val"])
+        doc["categories"][1]["name"] = doc["categories"][0]["name"]
+        legacy = store._put_json(doc, "dataset", {"images": len(doc["images"])},
+                                 refs=[image["store_id"] for image in doc["images"]])
+    assert _start(env, 53, task_type=1, dataset=legacy, model_id=normal_snapshot) == (0, "")
+    task = _wait_end(env, 53)
+    assert task["state"] == "FAILED" and f"repeat the name(s) [{doc['categories'][0]['name']!r}]" in task["error"], \
+        task.get("error")

@@ -436,6 +436,8 @@ def test_load_dataset_errors(store):
     (lambda c: c["images"][1].update(file_name="sub/b.png\x00x"), "file name is not a path: it holds a NUL"),
     (lambda c: c["images"][1].update(file_name="sub/\ud800.png"), "file name is not a path: it holds a lone surr"),
     (lambda c: c["categories"].clear(), "'categories' must be a non-empty list"),
+    (lambda c: c["categories"][1].update(name="scratch"), "category 2: duplicate category name 'scratch' (also"),
+    (lambda c: c["categories"].append({"id": 2, "name": "rust"}), "category 2: duplicate category id"),
 ])
 def test_a_bad_dataset_is_refused_and_leaves_nothing(store, tmp_path, change, message):
     before = store.put_json({"unrelated": True})
@@ -480,6 +482,23 @@ def test_validate_coco_by_store_id(store):
             put_dataset(store, doc)
     with pytest.raises(StoreError, match="no 'store_id'"):
         put_dataset(store, {**doc, "images": [{"id": 1, "file_name": "x.png", "width": 5, "height": 5}]})
+
+
+def test_categories_sharing_a_name_are_refused(store):
+    """Models' classes map to categories by name: with two categories named alike, detections of one would all
+    be scored as the other."""
+    image_id = store.put_image(png_bytes(50, 40))
+    doc = {"images": [{"id": 1, "file_name": "x.png", "store_id": image_id}],
+           "categories": [{"id": 1, "name": "scratch"}, {"id": 2, "name": "dent"}, {"id": 3, "name": "scratch"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]}
+    for check in (lambda: validate_coco(doc, store), lambda: put_dataset(store, doc)):
+        with pytest.raises(StoreError) as info:
+            check()
+        assert info.value.code == 400
+        assert "category 3: duplicate category name 'scratch' (also category 1)" in info.value.message
+    assert [r.kind for r in store.list()] == ["image"]
+    doc["categories"][2]["name"] = "pit"
+    assert validate_coco(doc, store)["categories"] == 3
 
 
 def test_many_problems_are_counted(store):

@@ -1,7 +1,10 @@
 """The built-in detector training: parameters, augmentations, decode, a tiny training run with checkpoints,
 stop and resume, DDP on CPU, and the exported app served by the real runtime."""
+import copy
+import datetime
 import io
 import math
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -234,6 +237,111 @@ def test_training_refuses_mismatched_inputs(data):
         train(TrainParams(max_iters=1, **TINY), train_coco, train_images[:-1], val_coco, val_images, Recorder())
 
 
+def test_training_refuses_categories_sharing_a_name(data):
+    """Classes are matched to categories by name: two categories named alike would merge into one id."""
+    from serving.training.trainer import train
+
+    train_images, train_coco, val_images, val_coco = data
+    cocos = [copy.deepcopy(train_coco), copy.deepcopy(val_coco)]
+    for coco in cocos:
+        coco["categories"][1]["name"] = coco["categories"][0]["name"]
+    with pytest.raises(ValueError, match=rf"repeat the name\(s\) \[{cocos[0]['categories'][0]['name']!r}\]"):
+        train(TrainParams(max_iters=1, **TINY), cocos[0], train_images, cocos[1], val_images, Recorder())
+
+
+def test_fine_tuning_another_architecture_is_refused_in_one_line(data, trained):
+    from serving.training.trainer import train
+
+    train_images, train_coco, val_images, val_coco = data
+    state = trained[1].checkpoints[-1][1]  # res18 SMALL
+    with pytest.raises(ValueError) as info:
+        train(TrainParams(max_iters=1, **{**TINY, "model_scope": "NORMAL"}), train_coco, train_images, val_coco,
+              val_images, Recorder(), init_state=state, resume=False)
+    message = str(info.value)
+    # Both architectures named, not torch's list of every mismatched tensor (14 KB).
+    assert "res18/SMALL" in message and "res18/NORMAL" in message and len(message) < 300, message
+    # The check is whether the weights fit, not the name: "resnet" is res18's alias and fine-tunes from it.
+    result = train(TrainParams(max_iters=1, **{**TINY, "net_model": "resnet", "snapshot_interval": 1}), train_coco,
+                   train_images, val_coco, val_images, Recorder(), init_state=state, resume=False)
+    assert result.iteration == 1 and not result.stopped
+
+
+def test_a_validation_set_without_boxes_has_no_map_and_the_console_says_so(data):
+    from serving.training.trainer import ConsoleReporter, train
+
+    train_images, train_coco, val_images, val_coco = data
+    empty = {**val_coco, "annotations": []}
+    out = io.StringIO()
+    reporter = ConsoleReporter(out=out)
+    train(TrainParams(max_iters=1, **{**TINY, "snapshot_interval": 1}), train_coco, train_images, empty, val_images,
+          reporter)
+    assert reporter.checkpoints[-1][2]["map50"] is None and reporter.records[-1].map50 is None
+    assert "val mAP@.5 n/a  mAP n/a" in out.getvalue(), out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _test_task_detections(model, params, coco, images):
+    """COCO detections as evals/mvp_detector's test() makes them for a TEST task: class name -> category id."""
+    from serving.training.trainer import EVAL_SCORE_THRESHOLD, class_names, predict
+
+    classes = class_names(coco)
+    category_of = {c["name"]: c["id"] for c in coco["categories"]}
+    detections = []
+    for meta, (boxes, scores, labels) in zip(coco["images"], predict(model, images, params.input_size,
+                                                                        EVAL_SCORE_THRESHOLD)):
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            detections.append({"image_id": meta["id"], "category_id": category_of[classes[label]],
+                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    return detections
+
+
+def test_validation_is_the_test_tasks_evaluation_whatever_the_file_names(data, trained):
+    """Training's mAP is what a TEST task reports for the same model and images; images are matched by COCO id,
+    so missing file names, or base names shared by images of two folders, change nothing."""
+    from serving.jobs.evaluation import evaluate as test_evaluation
+    from serving.training.trainer import evaluate, model_from_state
+
+    params, reporter, _ = trained
+    _, _, val_images, val_coco = data
+    model, _ = model_from_state(reporter.checkpoints[-1][1])
+    expected = test_evaluation(val_coco, _test_task_detections(model, params, val_coco, val_images))
+    assert expected["mAP_50"] > 0  # a model that finds something: otherwise every way of scoring gives 0
+    nameless, shared = copy.deepcopy(val_coco), copy.deepcopy(val_coco)
+    for k, (a, b) in enumerate(zip(nameless["images"], shared["images"])):
+        del a["file_name"]
+        b["file_name"] = f"{k // 2:04d}.png"  # two cameras' files under the same base names
+    for coco in (val_coco, nameless, shared):
+        scores = evaluate(model, params, coco, val_images)
+        assert scores["map50"] == pytest.approx(expected["mAP_50"]) and scores["map"] == pytest.approx(expected["mAP"])
+        assert scores["evaluation"]["num_images"] == len(val_images)
+        assert {name: c["ap50"] for name, c in scores["per_class"].items()} == {
+            c["name"]: pytest.approx(c["AP_50"]) for c in expected["per_class"]}
+
+
+def test_evaluation_without_detections_scores_zero_where_there_is_ground_truth():
+    from serving.jobs.evaluation import evaluate
+
+    _, coco = make_split(8, 7, surfaces="train")
+    coco["categories"].append({"id": 9, "name": "dent"})  # a class with nothing to find: no AP at all
+    ground_truth = Counter(a["category_id"] for a in coco["annotations"])
+    assert len(ground_truth) >= 2
+    nothing = evaluate(coco, [])
+    assert nothing["mAP"] == nothing["mAP_50"] == 0.0 and nothing["num_gt"] == len(coco["annotations"])
+    by_id = {c["category_id"]: c for c in nothing["per_class"]}
+    for category in coco["categories"]:
+        found = by_id[category["id"]]
+        expected_ap = 0.0 if ground_truth[category["id"]] else None
+        assert (found["AP"], found["AP_50"], found["gt"], found["detections"]) == (
+            expected_ap, expected_ap, ground_truth[category["id"]], 0), found
+    # The same per-class figures as with one useless detection, which goes through pycocotools.
+    useless = evaluate(coco, [{"image_id": coco["images"][0]["id"], "category_id": 1, "bbox": [0, 0, 5, 5],
+                               "score": 0.9}])
+    assert [(c["AP"], c["AP_50"], c["gt"]) for c in useless["per_class"]] == [
+        (c["AP"], c["AP_50"], c["gt"]) for c in nothing["per_class"]]
+
+
 # ---------------------------------------------------------------------------------------------- export
 
 
@@ -327,3 +435,26 @@ def test_checkpoint_bytes_hold_everything_to_resume(trained):
         buffer = io.BytesIO()
         torch.save({"format": "other"}, buffer)
         load_state(buffer.getvalue())
+
+
+def _saved(value):
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("document", [
+    b"not a checkpoint at all", b"", b"PK\x03\x04 a broken zip",
+    _saved({"when": datetime.date(2020, 1, 1)}),  # readable only by unpickling an arbitrary class
+    None,
+], ids=["text", "empty", "broken-zip", "arbitrary-object", "none"])
+def test_what_is_not_a_checkpoint_is_refused_without_advising_an_unsafe_load(document):
+    from serving.training.trainer import load_state, model_from_state
+
+    for read in (load_state, model_from_state):
+        with pytest.raises(ValueError, match="^not a serving.training checkpoint: ") as info:
+            read(document)
+        # torch's own message says to re-run with weights_only=False: code execution from a stored document.
+        assert "weights_only" not in str(info.value)
+        # Nor in the traceback of a failed task: the torch error is not chained.
+        assert info.value.__context__ is None or info.value.__suppress_context__

@@ -12,12 +12,13 @@ task whose ParamClass.model_name names no trainer app of its own (the seed's "mv
                                post-processing): `serving export --model-id ID`, TaskControl.model_export
     check_train_params(params) refuses at submit time what train() would refuse (400 before anything is stored)
 
-ParamClass mapping: net_model (resnet, res18, res34, res50, res101, vgg16; "" = res18) and model_scope
-(SMALL / NORMAL / BIG) choose the backbone's depth and width; dataset_expansion_lst the augmentations
-(HOR_FLIPE, VER_FLIPE, ROTATE_90 move the boxes with the pixels; VAGUE = blur); inital_learning_rate is the peak
-of a warm-up + cosine schedule over max_num_iters iterations of batch_size images; snap_shot_ivterval is the
-snapshot interval (0: at the end only); device_type GPU needs a CUDA device (refused with 400 otherwise);
-device_num > 1 trains with that many torch.distributed processes (gloo on CPU, NCCL on GPU) sharing each batch.
+ParamClass mapping: net_model (resnet, res18, res34, res50, res101, vgg16; "" = res18, or the snapshot's when
+fine-tuning) and model_scope (SMALL / NORMAL / BIG) choose the backbone's depth and width; dataset_expansion_lst
+the augmentations (HOR_FLIPE, VER_FLIPE, ROTATE_90 move the boxes with the pixels; VAGUE = blur);
+inital_learning_rate is the peak of a warm-up + cosine schedule over max_num_iters iterations of batch_size
+images; snap_shot_ivterval is the snapshot interval (0: at the end only); device_type GPU needs a CUDA device
+(refused with 400 otherwise); device_num > 1 trains with that many torch.distributed processes (gloo on CPU,
+NCCL on GPU) sharing each batch.
 
 Decisions:
 - Without json_val_id, every 10th training image (at least one) is held out for validation, so the mAP in the
@@ -26,6 +27,12 @@ Decisions:
   mean over the iterations since the previous record.
 - Images are resized to INPUT_SIZE x INPUT_SIZE (256) for the network; boxes come back in image pixels.
 - Inference calls on this app itself are refused with 400: it trains; a snapshot is served once exported.
+- Fine-tuning (trained_model_id) keeps the snapshot's architecture, since its weights fit no other: a
+  net_model or model_scope left at the ParamClass default ("" / SMALL = 0) takes the snapshot's value, so a
+  task naming only the model and data fine-tunes any snapshot. proto3 cannot tell an explicit SMALL from an
+  unset scope, so SMALL follows the snapshot too; a net_model or a NORMAL / BIG scope set to something else
+  than the snapshot's fails the task with a message naming both architectures. A resumed task reads its
+  architecture from its own last snapshot the same way.
 
 The heavy modules (torch, serving.training.trainer) are imported inside the hooks: they run in the task's
 worker process, never in the serving process that imports this file to serve.
@@ -58,15 +65,23 @@ def net_inference(model, requests):
 # ---------------------------------------------------------------------------------------------- parameters
 
 
-def _train_params(params, device_checked=True):
-    """TrainParams of a task's normalised ParamClass dict (serving.jobs.params.check_train_params output)."""
+def _train_params(params, device_checked=True, start=None):
+    """TrainParams of a task's normalised ParamClass dict (serving.jobs.params.check_train_params output).
+
+    ``start``: the TrainParams dict of the checkpoint training starts from (fine-tuning or resuming), whose
+    net_model / model_scope fill those left at the ParamClass defaults (see Decisions above).
+    """
     from serving.training.params import TrainParams
 
     max_iters = params["max_num_iters"]
     interval = params["snap_shot_ivterval"] or max_iters
     device = "GPU" if params["device_type"] == 1 else "CPU"
+    net_model = params["net_model"] or (start or {}).get("net_model") or DEFAULT_NET_MODEL
+    scope = _SCOPES[params["model_scope"]]
+    if start and params["model_scope"] == 0 and start.get("model_scope") in _SCOPES:
+        scope = start["model_scope"]
     return TrainParams(
-        net_model=params["net_model"] or DEFAULT_NET_MODEL, model_scope=_SCOPES[params["model_scope"]],
+        net_model=net_model, model_scope=scope,
         expansions=[_EXPANSIONS[value] for value in params["dataset_expansion_lst"]],
         lr=params["inital_learning_rate"], max_iters=max_iters, batch_size=params["batch_size"],
         snapshot_interval=min(interval, max_iters), device=device if device_checked else "CPU",
@@ -137,29 +152,33 @@ def _hold_out(coco, images):
 
 
 def train(job):
-    from serving.training.trainer import train as run_training
+    from serving.training.trainer import load_state, train as run_training
 
-    params = _train_params(job.params)
+    if job.resume_state is not None:
+        init_state, resume = job.resume_state, True  # paused or interrupted: continue where it stopped
+    else:
+        init_state, resume = job.initial_model, False  # from trained_model_id's weights, or from scratch
+    start = load_state(init_state)["params"] if init_state is not None else None
+    params = _train_params(job.params, start=start)
     train_coco, train_images = job.train_dataset()
     validation = job.val_dataset()
     if validation is None:
         (train_coco, train_images), validation = _hold_out(train_coco, train_images)
     val_coco, val_images = validation
-    if job.resume_state is not None:
-        init_state, resume = job.resume_state, True  # paused or interrupted: continue where it stopped
-    else:
-        init_state, resume = job.initial_model, False  # from trained_model_id's weights, or from scratch
     run_training(params, train_coco, train_images, val_coco, val_images, _Reporter(job), init_state=init_state,
                  resume=resume)
 
 
 def test(job):
     """COCO detections of the model under test (trained_model_id) on the task's dataset."""
-    from serving.training.trainer import EVAL_SCORE_THRESHOLD, load_state, model_from_state, predict
+    from serving.training.trainer import EVAL_SCORE_THRESHOLD, check_categories, load_state, model_from_state, predict
 
     model, classes = model_from_state(job.initial_model)
     input_size = load_state(job.initial_model)["params"]["input_size"]
     coco, images = job.train_dataset()
+    # Classes map to categories by name: a dataset stored before the store refused repeated names could
+    # otherwise send one class's detections to another category.
+    check_categories(coco, f"dataset {job.params['json_mongodb_id']}")
     category_of = {category["name"]: category["id"] for category in coco["categories"]}
     missing = [name for name in classes if name not in category_of]
     if missing:
@@ -180,7 +199,15 @@ def test(job):
 
 
 def export(model_bytes, meta, out_dir):
-    """Write the servable app of a snapshot into out_dir (see serving.training.export.export_app)."""
+    """Write the servable app of a snapshot into out_dir (see serving.training.export.export_app). A model
+    document that is not one of this trainer's checkpoints is refused with 400."""
+    from serving.jobs.codes import BAD_PARAMS, JobError
     from serving.training.export import export_app
+    from serving.training.trainer import load_state
 
+    try:
+        load_state(model_bytes)
+    except ValueError as error:
+        # Bad input (400), not an export that broke (500 with a traceback).
+        raise JobError(BAD_PARAMS, str(error)) from None
     export_app(model_bytes, None, out_dir)

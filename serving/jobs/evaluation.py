@@ -15,6 +15,7 @@ failure; the overall numbers are pycocotools' own (which skip such classes).
 import contextlib
 import copy
 import io
+from collections import Counter
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def _nan_to_none(value):
 
 
 def evaluate(coco, detections, score_threshold=DEFAULT_SCORE_THRESHOLD):
-    """The evaluation dict above. `detections` may be empty (all APs 0)."""
+    """The evaluation dict above. `detections` may be empty: mAP 0, and AP 0 for each class with ground truth."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -50,10 +51,18 @@ def evaluate(coco, detections, score_threshold=DEFAULT_SCORE_THRESHOLD):
     result = {"num_images": len(gt_dict["images"]), "num_gt": num_gt, "num_detections": len(detections),
               "score_threshold": score_threshold}
     if not detections or not num_gt:
+        # pycocotools' loadRes cannot take an empty list (it indexes the first result), and the answer is known:
+        # nothing found scores AP 0 for every class with something to find, a class without ground truth has no
+        # AP (null, as below). Counts as pycocotools' path gives them: crowd boxes are not ground truth to
+        # find, detections count from score_threshold up.
+        gt_of = Counter(a["category_id"] for a in gt_dict["annotations"] if not a.get("iscrowd"))
+        detected_of = Counter(d["category_id"] for d in detections if d.get("score", 0) >= score_threshold)
+        per_class = [{"category_id": c["id"], "name": c.get("name", ""),
+                      "AP": 0.0 if gt_of[c["id"]] else None, "AP_50": 0.0 if gt_of[c["id"]] else None,
+                      "precision": 0.0, "recall": 0.0, "gt": gt_of[c["id"]], "detections": detected_of[c["id"]]}
+                     for c in categories]
         result.update({"mAP": 0.0, "mAP_50": 0.0, "mAP_75": 0.0, "precision": 0.0, "recall": 0.0,
-                       "coco_stats": [], "per_class": [
-                           {"category_id": c["id"], "name": c.get("name", ""), "AP": None, "AP_50": None,
-                            "precision": 0.0, "recall": 0.0, "gt": 0, "detections": 0} for c in categories]})
+                       "coco_stats": [], "per_class": per_class})
         return result
     # pycocotools prints its progress on stdout: keep it out of the worker's output.
     with contextlib.redirect_stdout(io.StringIO()):

@@ -108,8 +108,13 @@ def _stored_image_size(label, store_id, store, problems):
 
 
 def _check_categories(categories, problems):
-    """Check the category entries; the set of category ids."""
+    """Check the category entries; the set of category ids.
+
+    Names must be unique too: trainers and TEST tasks match a model's classes to a dataset's categories by
+    name, so two categories named alike would send every detection of one to the other.
+    """
     ids = set()
+    id_of_name = {}
     for index, category in enumerate(categories):
         if not isinstance(category, dict):
             problems.append(f"categories[{index}] is not an object")
@@ -123,6 +128,11 @@ def _check_categories(categories, problems):
         name = category.get("name")
         if not (isinstance(name, str) and name.strip()):
             problems.append(f"category {category_id}: 'name' must be a non-empty string")
+        elif name in id_of_name:
+            problems.append(f"category {category_id}: duplicate category name {name!r} "
+                            f"(also category {id_of_name[name]})")
+        else:
+            id_of_name[name] = category_id
         ids.add(category_id)
     return ids
 

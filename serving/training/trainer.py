@@ -8,7 +8,8 @@ with three methods:
 - ``progress(record)``: a :class:`TrainRecord` every ``snapshot_interval`` iterations and at the end;
 - ``checkpoint(iteration, state_bytes, metrics)``: a checkpoint (bytes of everything needed to resume or
   export) and its validation metrics (``map50``, ``map``, ``per_class``, ...; ``evaluated`` False for the
-  quick checkpoint taken on a stop);
+  quick checkpoint taken on a stop); validation is scored by :func:`serving.jobs.evaluation.evaluate`, the
+  evaluation of TEST tasks, so the two report the same mAP for the same model and images;
 - ``should_stop()``: polled every iteration; truthy stops training within one iteration after a final,
   unscored checkpoint. Pause is a stop followed later by a resume from that checkpoint.
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.harness.scoring import score_detection
+from serving.jobs.evaluation import evaluate as evaluate_detections
 from serving.training import augment, detector_ops
 from serving.training.model import build_model
 from serving.training.params import TrainParams
@@ -91,6 +92,23 @@ def model_name(params, iteration):
 def class_names(coco):
     """Category names ordered by category id: class index k of the network is the k-th of these."""
     return [str(c["name"]) for c in sorted(coco["categories"], key=lambda c: c["id"])]
+
+
+def _category_ids(coco):
+    """Category ids in class-index order (the order of :func:`class_names`)."""
+    return [c["id"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+
+
+def check_categories(coco, which):
+    """ValueError when two categories share a name or an id: a model's classes are matched to a dataset's
+    categories by name (TEST tasks, fine-tuning), so a repeated name would send one class's detections to
+    the other category. The store refuses such datasets; this guards data handed to train() directly."""
+    names, ids = class_names(coco), _category_ids(coco)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{which} categories repeat the name(s) {repeated}: each class needs a name of its own")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{which} categories repeat an id: {ids}")
 
 
 def learning_rate(params, iteration):
@@ -255,16 +273,35 @@ def predict(model, images, input_size, score_threshold=EVAL_SCORE_THRESHOLD, top
 
 
 def evaluate(model, params, coco, images, device="cpu"):
-    """Validation metrics of ``model`` on (coco, images): score_detection's dict (map50, map, per_class...)
-    plus ``predictions``, the app-format results keyed by file name."""
-    names = class_names(coco)
-    predictions = {}
+    """Validation metrics of ``model`` on (coco, images), scored by serving.jobs.evaluation.evaluate -- the
+    evaluation of TEST tasks -- on detections keyed by COCO image id, so images need no (or no unique)
+    ``file_name`` and training's mAP is the mAP a TEST task of the same checkpoint reports on the same data.
+
+    Returns ``map50`` and ``map`` (None when the set holds no ground-truth box: there is nothing to measure),
+    ``per_class`` ({name: {"ap50", "ap", "n_gt", "n_det"}}; AP None for a class without ground truth),
+    ``evaluation`` (the whole evaluation dict), ``detections`` (the COCO detections scored) and
+    ``predictions``: app-format results keyed by file name, to compare with what an exported app serves
+    (images without a file name are left out; they are still scored).
+    """
+    names, category_ids = class_names(coco), _category_ids(coco)
+    detections, predictions = [], {}
     for meta, (boxes, scores, classes) in zip(coco["images"], predict(model, images, params.input_size,
                                                                         device=device)):
-        predictions[meta["file_name"]] = {"detections": detector_ops.to_detections(boxes, scores, classes, names)}
-    metrics = score_detection(coco, predictions)
-    metrics["predictions"] = predictions
-    return metrics
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
+            detections.append({"image_id": meta["id"], "category_id": category_ids[label],
+                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+        if meta.get("file_name"):
+            predictions[meta["file_name"]] = {"detections": detector_ops.to_detections(boxes, scores, classes,
+                                                                                       names)}
+    evaluation = evaluate_detections(coco, detections)
+    measured = evaluation["num_gt"] > 0
+    detected = {category_id: 0 for category_id in category_ids}
+    for detection in detections:
+        detected[detection["category_id"]] += 1
+    per_class = {c["name"]: {"ap50": c["AP_50"], "ap": c["AP"], "n_gt": c["gt"], "n_det": detected[c["category_id"]]}
+                 for c in evaluation["per_class"]}
+    return {"map50": evaluation["mAP_50"] if measured else None, "map": evaluation["mAP"] if measured else None,
+            "per_class": per_class, "evaluation": evaluation, "detections": detections, "predictions": predictions}
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -287,11 +324,34 @@ def _state_bytes(model, optimizer, params, classes, iteration, metrics):
 
 
 def load_state(state_bytes):
-    """A checkpoint's dict (format, params, classes, iteration, model, optimizer, torch_rng, metrics)."""
-    state = torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True)
+    """A checkpoint's dict (format, params, classes, iteration, model, optimizer, torch_rng, metrics).
+
+    ValueError "not a serving.training checkpoint: ..." for anything else: bytes torch cannot read, or can
+    read only by unpickling arbitrary objects, or a torch file without this trainer's format tag.
+    """
+    if not isinstance(state_bytes, (bytes, bytearray, memoryview)):
+        raise ValueError(f"not a serving.training checkpoint: expected bytes, got {type(state_bytes).__name__}")
+    try:
+        state = torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # torch's own message advises re-running with weights_only=False, i.e. executing whatever the file
+        # holds: never pass that on. A checkpoint of this trainer is tensors and plain data, which a
+        # weights-only load always reads, so a refusal means the document is something else.
+        raise ValueError(f"not a serving.training checkpoint: torch cannot read these {len(state_bytes)} bytes "
+                         f"as tensors and plain data ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError("not a serving.training checkpoint (missing or unknown format tag)")
+        raise ValueError("not a serving.training checkpoint: a torch file without this trainer's format tag "
+                         f"{CHECKPOINT_FORMAT!r}")
     return state
+
+
+def architecture(params):
+    """How messages name a detector's architecture, e.g. ``res18/SMALL``."""
+    if isinstance(params, TrainParams):
+        params = params.to_dict()
+    return f"{params.get('net_model')}/{params.get('model_scope')}"
 
 
 def model_from_state(state_bytes, params=None):
@@ -299,8 +359,21 @@ def model_from_state(state_bytes, params=None):
     state = load_state(state_bytes)
     params = params or TrainParams.from_dict(state["params"])
     model = build_model(params, len(state["classes"]))
-    model.load_state_dict(state["model"])
+    _load_weights(model, state, params)
     return model.eval(), state["classes"]
+
+
+def _load_weights(model, state, params):
+    """Load a checkpoint's weights into ``model`` (built from ``params``); ValueError naming both architectures
+    when they do not fit."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        # torch lists every mismatched tensor (kilobytes); what to change is the architecture. Trying the load
+        # rather than comparing names lets aliases ("resnet" = res18) through.
+        raise ValueError(f"the checkpoint is a {architecture(state['params'])} detector and this task trains a "
+                         f"{architecture(params)} one: its weights do not fit; fine-tune with the checkpoint's "
+                         "net_model and model_scope") from None
 
 
 def _unwrap(model):
@@ -323,7 +396,7 @@ class ConsoleReporter:
     def progress(self, record):
         self.records.append(record)
         print(f"iter {record.cur_iter_num:5d}/{record.max_iter_num}  loss {record.loss:.3f}  lr {record.lr:.2e}  "
-              f"val mAP@.5 {record.map50:.3f}  mAP {record.map:.3f}  {record.images_per_s:.1f} img/s  "
+              f"val mAP@.5 {_score(record.map50)}  mAP {_score(record.map)}  {record.images_per_s:.1f} img/s  "
               f"{record.elapsed_s:.0f} s  {record.model_name}", file=self.out, flush=True)
 
     def checkpoint(self, iteration, state, metrics):
@@ -339,6 +412,11 @@ class ConsoleReporter:
         return max(scored, key=lambda c: (c[2]["map50"], c[0])) if scored else self.checkpoints[-1]
 
 
+def _score(value):
+    # None: a validation set without ground-truth boxes has no mAP to show.
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -348,12 +426,15 @@ def train(params, train_coco, train_images, val_coco, val_images, reporter, *, i
     ``init_state``: checkpoint bytes from an earlier run. With ``resume`` (default) training continues from
     the checkpoint's iteration with its optimizer state (pause/resume); with ``resume=False`` only the
     weights are taken and training starts at iteration 0 (fine-tuning from a trained model). Raises
-    ValueError on inconsistent inputs (image count vs COCO, a checkpoint with other classes or model).
+    ValueError on inconsistent inputs (image count vs COCO, categories sharing a name, a checkpoint with other
+    classes or another architecture: its net_model / model_scope must give weights of the same shapes).
     """
     if not isinstance(params, TrainParams):
         raise ValueError(f"params must be a TrainParams, got {type(params).__name__}")
     if not train_images:
         raise ValueError("no training images")
+    check_categories(train_coco, "train")
+    check_categories(val_coco, "val")
     if class_names(train_coco) != class_names(val_coco):
         raise ValueError(f"train and val categories differ: {class_names(train_coco)} vs {class_names(val_coco)}")
     if params.device_num == 1:
@@ -428,7 +509,9 @@ def _loop(rank, world_size, params, train_coco, train_images, val_coco, val_imag
         state = load_state(init_state)
         if state["classes"] != classes:
             raise ValueError(f"checkpoint classes {state['classes']} differ from the dataset's {classes}")
-        model.load_state_dict(state["model"])  # raises on another net_model / scope: shapes differ
+        # Raises on another architecture. Every rank fails here alike, before any collective, so a distributed
+        # run ends too.
+        _load_weights(model, state, params)
         if resume:
             optimizer.load_state_dict(state["optimizer"])
             start_iteration = state["iteration"]
