@@ -34,6 +34,10 @@ class _Item:
         self.ran = None  # (started, finished) of the net_inference call that ran it (loop time)
 
 
+# What an eval's code may raise that fails its requests (599) rather than the server: sys.exit() in an eval is
+# the eval's bug, and left alone it would leave the event loop and end the process with every app in it.
+_EVAL_FAILURES = (Exception, SystemExit)
+
 _DEADLINE_PASSED = batching.Outcome(code=GATEWAY_TIMEOUT, message="deadline passed before inference")
 
 
@@ -127,6 +131,7 @@ class Batcher:
         self._admitted = 0          # images admitted and not yet answered
         self._preprocessing = 0     # requests still in net_preprocess
         self._running_since = None  # loop time at which the current net_inference call started
+        self._dropping = False      # a pass of _drop_answered is scheduled
         self._task = None
         self._loop = None
         self._deadlines = None
@@ -234,7 +239,7 @@ class Batcher:
                 self._admitted -= item.n_images
                 abandoned = True
             if abandoned:
-                self._drop_answered()
+                self._drop_answered_soon()
         # Decided by the outcomes, not by whether the timer ran: it may fire after the last answer arrived.
         timed_out = any(outcome is _DEADLINE_PASSED for outcome in outcomes)
         self.stats.record_call(items, timed_out or batching.call_failure(outcomes) is not None, now, loop.time())
@@ -252,12 +257,19 @@ class Batcher:
     def _expire(self, items):
         for item in items:
             self._answer(item, _DEADLINE_PASSED)
-        self._drop_answered()
+        self._drop_answered_soon()
+
+    def _drop_answered_soon(self):
+        """Take requests already answered (deadline passed, caller gone) out of the waiting queue with their
+        payloads, once the current burst is over: the queue's bound counts only live requests, so while a long
+        net_inference call runs, callers that keep timing out would otherwise pile up there without limit. One
+        pass per loop iteration, not per call: thousands of deadlines firing together cost one pass."""
+        if not self._dropping:
+            self._dropping = True
+            self._loop.call_soon(self._drop_answered)
 
     def _drop_answered(self):
-        """Take requests already answered (deadline passed, caller gone) out of the waiting queue now, with their
-        payloads: the queue's bound counts only live requests, so while a long net_inference call runs, callers
-        that keep timing out would otherwise pile up there without limit."""
+        self._dropping = False
         waiting = self._waiting
         live = [item for item in waiting if not item.future.done()]
         if len(live) != len(waiting):
@@ -272,7 +284,7 @@ class Batcher:
     def _preprocess_inline(self, item):
         try:
             output = self._preprocess(item.request, item.reqid)
-        except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
+        except _EVAL_FAILURES as exc:  # the preprocess wrapper already turns eval exceptions into 599
             self._answer(item, batching.exception_outcome(exc))
             return
         self._after_preprocess(item, output)
@@ -294,7 +306,7 @@ class Batcher:
             output = await self._loop.run_in_executor(self._preprocess_executor, self._preprocess,
                                                       item.request, item.reqid)
             self._after_preprocess(item, output)
-        except Exception as exc:  # the preprocess wrapper already turns eval exceptions into 599
+        except _EVAL_FAILURES as exc:  # the preprocess wrapper already turns eval exceptions into 599
             self._answer(item, batching.exception_outcome(exc))
         finally:
             self._preprocessing -= 1
@@ -353,7 +365,7 @@ class Batcher:
             try:
                 output = await self._inference_thread.run(self._run_batch, requests, reqids)
                 outcomes = batching.split_outcomes(output, len(batch))
-            except Exception as exc:
+            except _EVAL_FAILURES as exc:
                 log.exception("app %s: net_inference raised", self.app)
                 outcomes = batching.exception_outcomes(len(batch), exc)
             finally:

@@ -328,8 +328,9 @@ class Supervisor:
             if now - worker.started_at > _HEALTHY_AFTER_S:
                 worker.backoff = self.restart_backoff_s
             return
-        if code == 1 and worker.runs == 1:
-            # Exit status 1 on a first run is a start-up failure (bad config, --strict): no restart fixes it.
+        if code == 1 and worker.runs == 1 and not worker.ready:
+            # Exit status 1 on a first run that never served is a start-up failure (bad config, --strict): no
+            # restart fixes it. One that served and then died is restarted like any other.
             log.error("worker %d failed to start; stopping", worker.index)
             self._stopping.append(None)
             return

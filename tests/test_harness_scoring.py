@@ -403,6 +403,19 @@ def test_run_harness_end_to_end(tmp_path):
     assert "accuracy 60.00%" in format_summary(summary)
 
 
+def test_a_custom_infer_may_report_failures_as_plain_dicts(tmp_path):
+    write_png(tmp_path / "in" / "x.png", 0)
+    write_png(tmp_path / "in" / "y.png", 0)
+
+    def app(instance, params):
+        if instance["attribute"]["filename"] == "x.png":
+            return {"error": "model exploded", "code": 500}  # the documented failure, not a Failure
+        return {"class": "A", "error": None}  # a result may hold an "error" key
+
+    summary = run_harness(app, tmp_path / "in", tmp_path / "out", app="plain", progress=False)
+    assert (summary["n_ok"], summary["n_errors"], summary["errors_by_code"]) == (1, 1, {"500": 1})
+
+
 def test_run_harness_records_exceptions_and_unscorable_results(tmp_path):
     write_png(tmp_path / "in" / "x.png", 0)
     write_png(tmp_path / "in" / "y.png", 0)

@@ -211,6 +211,13 @@ def test_an_eval_that_raises_fails_its_batch_with_599_only(apps_server):
         assert client.infer({"i": 2})[0]["data"]["i"]["value"] == 2
 
 
+def test_an_eval_calling_sys_exit_fails_its_requests_not_the_server(apps_server):
+    with client_for(apps_server) as client:
+        assert client.infer({"i": 1}, params={"exit": True}) == [{"error": "eval gave up", "code": 599}]
+        assert client.infer({"attribute": {"pre_exit": True}}) == [{"error": "preprocess gave up", "code": 599}]
+        assert client.infer({"i": 2})[0]["data"]["i"]["value"] == 2
+
+
 def test_wrong_number_of_rets_fails_the_batch_with_500(apps_server):
     with client_for(apps_server) as client:
         results = client.infer([{"i": 1}, {"i": 2}], params={"wrong_count": True})

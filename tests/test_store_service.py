@@ -9,7 +9,6 @@ import pytest
 from conftest import TESTS, RunningServer
 from serving.proto import store_pb2 as pb
 from serving.proto import store_pb2_grpc as pb_grpc
-from serving.servicers.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from serving.store import Store
 
 # The server's message size limit, small so that replies over it are cheap to make: what the server is started
@@ -64,7 +63,7 @@ def test_put_get_list_round_trip(store_server):
      "meta: the string at ['net'] holds '\\ud800'"),
     (pb.PutRequest(kind="dataset", data=b'{"images": []}'), grpc.StatusCode.INVALID_ARGUMENT, ""),
     (pb.PutRequest(kind="model", data=b"x", meta="[1]"), grpc.StatusCode.INVALID_ARGUMENT, "meta"),
-    (pb.ListRequest(limit=-1), grpc.StatusCode.INVALID_ARGUMENT, "limit must be 0 (a page of 100) or a page size"),
+    (pb.ListRequest(limit=-1), grpc.StatusCode.INVALID_ARGUMENT, "limit must be 0 (as many as one reply holds) or a page"),
     (pb.ListRequest(page_token="not-a-token"), grpc.StatusCode.INVALID_ARGUMENT, "page_token is not a token"),
 ])
 def test_bad_input_gets_a_clear_code(store_server, request_, status, text):
@@ -95,19 +94,16 @@ def test_list_pages_through_everything(store_server):
     # Written beside the server, as `serving store` commands do: faster than 1001 calls.
     with Store(data_dir) as store:
         with store.transaction():
-            for i in range(MAX_PAGE_SIZE + 1):
+            for i in range(1001):
                 store.put_json({"i": i}, kind="page")
         newest_first = [record.id for record in store.list(kind="page", newest_first=True)]
-    pages = list_all(server, "page")  # limit 0: the default page size
-    assert [len(page) for page in pages] == [DEFAULT_PAGE_SIZE] * 10 + [1]
-    assert [doc_id for page in pages for doc_id in page] == newest_first
+    # limit 0: as many as one reply holds, here all of them, as before paging existed (older clients).
+    pages = list_all(server, "page")
+    assert [len(page) for page in pages] == [1001]
+    assert pages[0] == newest_first
     pages = list_all(server, "page", limit=400)
     assert [len(page) for page in pages] == [400, 400, 201]
     assert [doc_id for page in pages for doc_id in page] == newest_first
-    # A limit over the maximum gets the maximum, and the token says that more follow.
-    pages = list_all(server, "page", limit=5000)
-    assert [len(page) for page in pages] == [MAX_PAGE_SIZE, 1]
-    assert pages[1] == newest_first[-1:]
     # Another kind's pages hold none of these.
     assert not set(newest_first) & {doc_id for page in list_all(server, "other") for doc_id in page}
 

@@ -5,7 +5,8 @@
     print(format_summary(summary))
 
 ``infer(instance, params) -> dict`` does one call: ``instance`` is ``{"body": <image bytes>, "attribute":
-{"filename": <name>}}`` and the answer is the app's result dict or ``{"error": message, "code": code}``. The
+{"filename": <name>}}`` and the answer is the app's result dict, or for a failure a ``serving.client.Failure``
+or a plain dict of exactly the keys "error" and "code" (``{"error": message, "code": code}``). The
 CLI wires it to ``Client(host, port, app).infer([instance], params)[0]`` or to an in-process app.
 
 A run writes, into its output folder:

@@ -28,7 +28,8 @@ def run_harness(infer, images, out_dir, *, app, labels_path=None, concurrency=4,
 
     ``infer(instance, params) -> dict`` is called once per image, from ``concurrency`` threads at a time, with
     ``instance = {"body": <file bytes>, "attribute": {"filename": <image name>}}``. It returns the app's result
-    dict, or ``{"error": message, "code": code}`` for a failed instance. An exception it raises is recorded as a
+    dict, or for a failed instance a ``serving.client.Failure``, or a plain dict of exactly the keys "error" and
+    "code" (``{"error": message, "code": code}``). An exception it raises is recorded as a
     failure with code 599 (reading the image fails with 400) and the run goes on.
 
     ``images`` is a folder or list-file path, or a sequence of InputImage / (path, name) / paths (see
@@ -125,7 +126,7 @@ def _call_one(infer, image, params):
     if not isinstance(result, dict):
         return _failure(image.name, errors.EXCEPTION, f"infer returned {type(result).__name__}, not dict",
                         latency_ms)
-    if isinstance(result, Failure):
+    if isinstance(result, Failure) or result.keys() == {"error", "code"}:
         code = result.get("code")
         if not isinstance(code, int) or isinstance(code, bool) or errors.is_ok(code):
             code = errors.INTERNAL  # an error reported with no usable code is still an error

@@ -7,8 +7,9 @@ user's documents answer NOT_FOUND as missing ones do.
 Replies stay under the server's message size limit (`max_message_bytes`, what the server is built with), where
 gRPC would otherwise refuse them with a bare RESOURCE_EXHAUSTED after the work was done: Get with data answers
 413 for a document too large for one message before reading its blob, and List answers pages: at most `limit`
-records (DEFAULT_PAGE_SIZE when 0, never more than MAX_PAGE_SIZE), newest first, cut short where the next
-record would pass the limit, and a `next_page_token` while more follow.
+records (0: as many as one reply holds, which is every record of a store that could be listed before paging
+existed, so older clients see no change), never more than MAX_PAGE_SIZE, newest first, cut short where the
+next record would pass the limit, and a `next_page_token` while more follow.
 """
 import asyncio
 import base64
@@ -25,9 +26,9 @@ from serving.store.datasets import put_dataset
 from serving.store.db import DATASET_KIND, IMAGE_KIND
 from serving.store.ids import is_valid_id
 
-# List's page size when the request's limit is 0, and the most one page holds whatever the limit asks.
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+# The most records one List page reads (limit 0 or larger): bounds the memory of a call; the reply is cut shorter
+# still where it would pass the message size limit.
+MAX_PAGE_SIZE = 100_000
 # Room left in a reply for what is not a document: the page token, field tags, gRPC framing.
 _REPLY_RESERVE_BYTES = 4096
 # Upper bound of the tag and length prefix of one embedded message or bytes field.
@@ -110,9 +111,9 @@ class StoreServicer(pb_grpc.StoreServicer):
 
     def _list(self, request):
         if request.limit < 0:
-            raise ServingError(BAD_REQUEST, f"limit must be 0 (a page of {DEFAULT_PAGE_SIZE}) or a page size up "
-                                            f"to {MAX_PAGE_SIZE}, got {request.limit}")
-        page_size = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            raise ServingError(BAD_REQUEST, f"limit must be 0 (as many as one reply holds) or a page size, got "
+                                            f"{request.limit}")
+        page_size = min(request.limit or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _position(request.page_token) if request.page_token else None
         # One more than the page: whether a next page exists, without a count of every row.
         records = self.store.list(request.kind or None, page_size + 1, newest_first=True, after=after)

@@ -1,11 +1,13 @@
 """A test app that reports what the runtime did: batch sizes, the thread it ran on, the values it received.
 
-Params steer failures: {"raise": true} raises in net_inference, {"wrong_count": true} returns one ret too few,
-{"batch_fail": [code, message]} fails the batch, {"sleep_ms": n} sleeps, {"hang_s": n} blocks that long.
-An instance's attribute {"fail": code} fails that instance only; {"pre_fail": code} fails it in net_preprocess;
-{"mark": text} is remembered, and every result lists the marks seen so far (to prove what never arrived).
+Params steer failures: {"raise": true} raises in net_inference, {"exit": true} calls sys.exit there,
+{"wrong_count": true} returns one ret too few, {"batch_fail": [code, message]} fails the batch, {"sleep_ms": n}
+sleeps, {"hang_s": n} blocks that long. An instance's attribute {"fail": code} fails that instance only;
+{"pre_fail": code} fails it in net_preprocess ({"pre_exit": true}: sys.exit there); {"mark": text} is remembered,
+and every result lists the marks seen so far (to prove what never arrived).
 """
 import os
+import sys
 import threading
 import time
 
@@ -30,6 +32,8 @@ def net_preprocess(model, request):
         attribute = item.get("attribute")
         if isinstance(attribute, dict) and attribute.get("pre_fail"):
             return request, attribute["pre_fail"], "refused in preprocess"
+        if isinstance(attribute, dict) and attribute.get("pre_exit"):
+            sys.exit("preprocess gave up")
     request["preprocess_thread"] = threading.get_ident()
     request["preprocess_reqid"] = CTX.reqID
     return request, 0, ""
@@ -55,6 +59,8 @@ def _infer(model, requests):
     images = sum(len(r["data"]) if isinstance(r["data"], list) else 1 for r in requests)
     if any(r["params"].get("raise") for r in requests):
         raise RuntimeError("boom in eval")
+    if any(r["params"].get("exit") for r in requests):
+        sys.exit("eval gave up")
     if any(r["params"].get("hang_s") for r in requests):
         time.sleep(max(r["params"].get("hang_s", 0) for r in requests))
     for r in requests:
