@@ -201,6 +201,8 @@ class ServingServer:
             self._health_task.cancel()
             self._health_task = None
         await self.health.enter_graceful_shutdown()
+        # Before the calls in flight finish: no queued task may start now, only to be interrupted.
+        await self.jobs.stop_scheduling()
         if self._grpc_start is not None:
             await self._grpc_start  # see start
         if self._server is not None:

@@ -438,3 +438,47 @@ def _alive(pid):
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_stopping_server_starts_no_queued_task_with_workers(tmp_path):
+    # Two serving processes share the scheduler (one owns it at a time). When both stop, the one that does not
+    # run the task must not take over the scheduler while its own calls finish, and start the queued task only to
+    # interrupt it: a task that never ran stays QUEUED for the next start.
+    import threading
+
+    import psutil
+
+    from serving.jobs.db import JobDB
+
+    dataset_id = _make_dataset(tmp_path, 6, seed=5)
+    JobDB(tmp_path).close()  # as after a first run: both workers open the jobs at start, both schedule
+    server = _start_server(tmp_path, "--workers", "2", "--max-jobs", "1")
+    slow = None
+    try:
+        assert wait_until(lambda: server.output.count("serving on") >= 2, 30), server.output
+        mvp = Mvp(server)
+        assert mvp.start(71, dataset_id, max_num_iters=100000)[0] == 0
+        assert mvp.start(72, dataset_id, max_num_iters=100000)[0] == 0
+        assert mvp.wait_state(71, "RUNNING") == "RUNNING" and mvp.state(72) == "QUEUED"
+        owner = psutil.Process(mvp.task(71)["pid"]).ppid()  # the serving process that runs the task
+        mvp.conn.close()
+        host, port = server.target.split(":")
+        for _ in range(64):  # a new connection each time: the kernel spreads connections over the workers
+            other = Client(host, int(port), "counter", timeout=TIMEOUT)
+            if other.infer({"i": 1})[0]["pid"] != owner:
+                break
+            other.close()
+        else:
+            raise AssertionError("no connection reached the other worker")
+        # A slow call on the other worker: it stays up after the owner has gone, its scheduler free to take over.
+        slow = threading.Thread(target=lambda: other.infer({"i": 1}, params={"sleep_s": 3}))
+        slow.start()
+        time.sleep(0.5)
+    finally:
+        assert server.stop() == 0
+        if slow is not None:
+            slow.join(30)
+            other.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
+        states = dict(conn.execute("SELECT task_id, state FROM tasks"))
+    assert states == {"71": "INTERRUPTED", "72": "QUEUED"}, states

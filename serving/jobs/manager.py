@@ -123,8 +123,9 @@ class JobManager:
         return self.db
 
     async def _try_own(self):
-        """Take the owner lock if free; the new owner recovers what a previous owner left RUNNING."""
-        if self.owner:
+        """Take the owner lock if free; the new owner recovers what a previous owner left RUNNING. Never once
+        this server is stopping: it would start queued tasks only to interrupt them."""
+        if self.owner or self._closing:
             return
         path = self.data_dir / "jobs" / "owner.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,15 +144,22 @@ class JobManager:
             append_log(task_dir(self.data_dir, key) / "progress.jsonl", "END", state=jobdb.INTERRUPTED,
                        error="the server stopped while the task ran")
 
-    async def close(self, grace=None):
-        """Stop scheduling; ask running workers to checkpoint and end (INTERRUPTED), kill those that do not
-        within `grace` (default stop_grace_s)."""
+    async def stop_scheduling(self):
+        """Start no task from now on (the server is stopping): the first step of a shutdown, taken before the
+        calls in flight are let finish. Queued tasks stay QUEUED for the next start; without this, a server
+        stopping beside another (`--workers`) could take over the scheduler and start a queued task only to
+        interrupt it at once."""
         self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+
+    async def close(self, grace=None):
+        """Stop scheduling; ask running workers to checkpoint and end (INTERRUPTED), kill those that do not
+        within `grace` (default stop_grace_s)."""
+        await self.stop_scheduling()
         grace = self.stop_grace_s if grace is None else grace
         workers = list(self._workers.values())
         for worker in workers:
@@ -256,7 +264,15 @@ class JobManager:
 
     def _record_exit(self, worker, returncode):
         """After a worker ended: when it could not write its own end (killed, crashed hard), write it."""
-        task = self.db.get_task(worker.key)
+        try:
+            task = self.db.get_task(worker.key)
+        except JobError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            # Deleted meanwhile through another serving process (--workers), which cannot wait for this one's
+            # worker to exit: nothing is left to record.
+            log.info("%s: attempt %d ended after the task was deleted", jobdb.task_label(worker.key), worker.attempt)
+            return
         if task["state"] != jobdb.RUNNING or task["attempt"] != worker.attempt:
             log.info("%s: attempt %d ended %s", jobdb.task_label(worker.key), worker.attempt, task["state"])
             return

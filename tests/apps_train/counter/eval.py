@@ -14,6 +14,7 @@ Test: predicts each image's ground truth boxes (score 0.9) plus the learned mean
 """
 import atexit
 import io
+import os
 import time
 
 import numpy as np
@@ -34,7 +35,10 @@ def create_net(configs):
 
 @net_inference_handler
 def net_inference(model, requests):
-    return [{"code": 0, "message": "", "result": {"model": model["name"]}} for _ in requests], 0, ""
+    # The serving process's pid (which worker answered, with --workers); params {"sleep_s": n}: a slow call.
+    time.sleep(max(r["params"].get("sleep_s", 0) for r in requests))
+    return [{"code": 0, "message": "", "result": {"model": model["name"], "pid": os.getpid()}}
+            for _ in requests], 0, ""
 
 
 def _thumbnail(image):
