@@ -118,7 +118,8 @@ def metadata_text(text, limit):
     return escaped[:limit]
 
 
-def _details(message):
+def cut_details(message):
+    """`message` cut to MAX_DETAILS_CHARS (with its full length said), as every error text sent is."""
     if len(message) <= MAX_DETAILS_CHARS:
         return message
     return f"{message[:MAX_DETAILS_CHARS]}... ({len(message)} characters)"
@@ -131,4 +132,4 @@ async def abort_with(context, code, message, request_id=None):
     if request_id:
         trailing.append((REQUEST_ID_METADATA_KEY, metadata_text(request_id, MAX_REQUEST_ID_CHARS)))
     context.set_trailing_metadata(tuple(trailing))
-    await context.abort(grpc_status_for(code), _details(message))
+    await context.abort(grpc_status_for(code), cut_details(message))

@@ -216,3 +216,28 @@ def test_calls_that_time_out_in_the_queue_free_their_payload_at_once():
         assert grown < 130, f"the worker's RSS grew {grown:.0f} MiB with 160 x 1 MiB calls timed out"
     finally:
         server.stop()
+
+
+def test_a_stream_error_answer_quoting_a_huge_name_keeps_the_stream_going():
+    # The error answer echoes the model name (and quotes it in its message): cut, as unary details are, or the
+    # answer passes the send limit and gRPC ends the whole stream.
+    server = RunningServer(["--evals", str(TESTS / "apps"), "--max-message-mb", "1"])
+    try:
+        def request(request_id, model):
+            message = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+            message.inputs.add(name="attribute", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"{}")
+            return message
+
+        def requests():
+            yield request("before", "probe")
+            yield request("huge", "m" * 600_000)  # fits the 1 MiB limit once, not twice
+            yield request("after", "probe")
+
+        with server.channel() as channel:
+            stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+            answers = {a.infer_response.id: a for a in stream(requests(), timeout=TIMEOUT)}
+        assert set(answers) == {"before", "huge", "after"}
+        assert answers["huge"].error_message.startswith("[404] unknown app 'mmm")
+        assert len(answers["huge"].error_message) < 1100 and not answers["after"].error_message
+    finally:
+        server.stop()

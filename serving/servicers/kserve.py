@@ -54,8 +54,8 @@ from serving.batching import Outcome, call_failure
 from serving.codec import MAX_INSTANCES_PER_CALL, parse_json
 from serving.dataplane import new_request_id
 from serving.auth import current_user
-from serving.errors import (BAD_REQUEST, FORBIDDEN, INTERNAL, NOT_FOUND, PAYLOAD_TOO_LARGE, ServingError,
-                            abort_with)
+from serving.errors import (BAD_REQUEST, FORBIDDEN, INTERNAL, MAX_DETAILS_CHARS, MAX_REQUEST_ID_CHARS, NOT_FOUND,
+                            PAYLOAD_TOO_LARGE, ServingError, abort_with, cut_details)
 from serving.proto import kserve_pb2 as pb
 
 log = logging.getLogger("serving.kserve")
@@ -86,6 +86,9 @@ _DATA_KEYS = ("body", "uri", "attribute")
 # control then holds the client back), so a client that sends without reading cannot grow memory.
 MAX_BYTES_ELEMENTS = 65536
 MAX_STREAM_IN_FLIGHT = 256
+# The most request bytes one ModelStreamInfer stream holds in flight (past that it is not read until answers go
+# out): with MAX_STREAM_IN_FLIGHT alone, 256 requests of the largest message size could be held by one call.
+MAX_STREAM_BYTES = 64 * 2**20
 # The most dimensions of an input's shape, and elements its non-zero dimensions may span.
 MAX_DIMENSIONS = 32
 MAX_ELEMENTS = 2**40
@@ -576,16 +579,20 @@ class KServeServicer:
                                     request.id or None)
 
     async def _stream_answer(self, request, context):
+        # Error answers echo what the caller sent cut as unary errors are: one must never pass the send limit,
+        # which would end the whole stream.
+        request_id = request.id[:MAX_REQUEST_ID_CHARS]
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
         except ServingError as exc:
             return pb.ModelStreamInferResponse(
-                error_message=f"[{exc.code}] {exc.message}",
-                infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id))
+                error_message=cut_details(f"[{exc.code}] {exc.message}"),
+                infer_response=pb.ModelInferResponse(model_name=request.model_name[:MAX_DETAILS_CHARS],
+                                                     id=request_id))
         except Exception:
-            log.exception("[%s] ModelStreamInfer request failed", request.id)
+            log.exception("[%s] ModelStreamInfer request failed", request_id)
             return pb.ModelStreamInferResponse(error_message=f"[{INTERNAL}] internal error",
-                                               infer_response=pb.ModelInferResponse(id=request.id))
+                                               infer_response=pb.ModelInferResponse(id=request_id))
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Each request is answered by one response, in the order answers are ready (match them by `id`):
@@ -597,17 +604,20 @@ class KServeServicer:
         tasks = set()
         asked = 0
         slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)  # released once an answer has been sent
+        held = _ByteBudget(MAX_STREAM_BYTES)  # the requests' bytes, given back with their answers
 
-        async def answer(request):
-            answers.put_nowait(await self._stream_answer(request, context))
+        async def answer(request, size):
+            answers.put_nowait((size, await self._stream_answer(request, context)))
 
         async def read():
             nonlocal asked
             try:
                 async for request in request_iterator:
                     await slots.acquire()
+                    size = request.ByteSize()
+                    await held.take(size)
                     asked += 1
-                    task = loop.create_task(answer(request))
+                    task = loop.create_task(answer(request, size))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             finally:
@@ -622,8 +632,10 @@ class KServeServicer:
                     reading = False
                     continue
                 answered += 1
-                yield item
+                size, response = item
+                yield response
                 slots.release()
+                held.give(size)
         finally:
             reader.cancel()
             for task in list(tasks):
@@ -678,6 +690,26 @@ class KServeServicer:
         except ServingError as exc:
             return await abort_with(context, exc.code, exc.message)
         return pb.RepositoryModelUnloadResponse()
+
+
+class _ByteBudget:
+    """Bytes one stream's requests in flight may hold: `take` waits until a request fits, though one request
+    always fits when none is held (a message the server accepted must not wait forever)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.held = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, size):
+        while self.held and self.held + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.held += size
+
+    def give(self, size):
+        self.held -= size
+        self._freed.set()
 
 
 def _check_repository_control(method):
