@@ -241,3 +241,41 @@ def test_a_stream_error_answer_quoting_a_huge_name_keeps_the_stream_going():
         assert len(answers["huge"].error_message) < 1100 and not answers["after"].error_message
     finally:
         server.stop()
+
+
+def test_a_stream_whose_client_does_not_read_is_not_read_past_its_byte_bound():
+    # The client sends 2 MiB requests (probe echoes each body back) and never reads an answer: the answers stall,
+    # so the stream's requests stay in flight. Past MAX_STREAM_BYTES (64 MiB, 32 of these) the server stops
+    # reading the stream, and HTTP/2 flow control then holds the writer back. By request count alone (256 in
+    # flight) one stream held 512 MiB here.
+    from serving.servicers.kserve import MAX_STREAM_BYTES, join_bytes_elements
+
+    body = bytes(2 * MIB)
+    server = RunningServer(["--evals", str(TESTS / "apps"), "--max-message-mb", "4"])
+    try:
+        async def flood():
+            sent = 0
+            options = [("grpc.max_send_message_length", 8 * MIB), ("grpc.max_receive_message_length", 8 * MIB)]
+            async with grpc.aio.insecure_channel(server.target, options=options) as channel:
+                call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+
+                async def write():
+                    nonlocal sent
+                    for i in range(400):
+                        request = service_pb2.ModelInferRequest(model_name="probe", id=str(i))
+                        request.inputs.add(name="body", datatype="BYTES", shape=[1])
+                        request.raw_input_contents.append(join_bytes_elements([body]))
+                        await call.write(request)
+                        sent += 1
+
+                writer = asyncio.ensure_future(write())
+                await asyncio.sleep(6)
+                writer.cancel()
+                call.cancel()
+            return sent
+
+        sent = asyncio.run(flood())
+        # What the server holds, plus what the transport buffers on both sides (a few messages).
+        assert MAX_STREAM_BYTES // len(body) <= sent < MAX_STREAM_BYTES // len(body) + 24, sent
+    finally:
+        server.stop()
