@@ -551,7 +551,7 @@ class KServeServicer:
 
     async def _infer(self, request, context):
         """The response to one ModelInferRequest; ServingError when the call fails as a whole."""
-        request_id = request.id[:128] or new_request_id()
+        request_id = request.id[:MAX_REQUEST_ID_CHARS] or new_request_id()
         self._app(request.model_name, request.model_version)  # NOT_FOUND before any decoding work
         requests = request_to_eval_requests(request)
         outcomes = await self.dataplane.infer(request.model_name, None, requests, request_id,

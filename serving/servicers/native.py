@@ -3,7 +3,7 @@ import json
 import logging
 
 from serving import codec
-from serving.errors import INTERNAL, REQUEST_ID_METADATA_KEY, ServingError, abort_with
+from serving.errors import INTERNAL, MAX_REQUEST_ID_CHARS, REQUEST_ID_METADATA_KEY, ServingError, abort_with
 from serving.dataplane import new_request_id
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
@@ -15,7 +15,7 @@ def request_id_of(context):
     """The caller's `x-request-id`, or a new one; sent back in the initial metadata."""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_METADATA_KEY and value:
-            return value[:128]
+            return value[:MAX_REQUEST_ID_CHARS]
     return new_request_id()
 
 
