@@ -359,7 +359,7 @@ class AppRegistry:
             await asyncio.gather(*operations, return_exceptions=True)
         for app in self.apps.values():
             await app.close()
-            metrics.APP_READY.labels(app.name).set(0)
+            self._publish_ready(app.name)  # closed, it is no longer READY: 0
 
     def folders(self):
         """{app name: (app folder, package)} of the apps on disk now, loaded or not."""

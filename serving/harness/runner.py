@@ -12,7 +12,6 @@ import numpy as np
 from tqdm import tqdm
 
 from serving import errors
-from serving.codec import Failure
 from serving.harness import scoring
 from serving.harness.inputs import as_input_images, display_name
 from serving.harness.report import write_report
@@ -126,7 +125,7 @@ def _call_one(infer, image, params):
     if not isinstance(result, dict):
         return _failure(image.name, errors.EXCEPTION, f"infer returned {type(result).__name__}, not dict",
                         latency_ms)
-    if isinstance(result, Failure) or result.keys() == {"error", "code"}:
+    if result.keys() == {"error", "code"}:  # a Failure, or a plain dict of the two keys
         code = result.get("code")
         if not isinstance(code, int) or isinstance(code, bool) or errors.is_ok(code):
             code = errors.INTERNAL  # an error reported with no usable code is still an error

@@ -15,16 +15,15 @@ import asyncio
 import base64
 import binascii
 import json
-import math
 
 from serving import codec
 from serving.errors import BAD_REQUEST, INTERNAL, PAYLOAD_TOO_LARGE, ServingError, abort_with
 from serving.ownership import caller
 from serving.proto import store_pb2 as pb
 from serving.proto import store_pb2_grpc as pb_grpc
+from serving.store import StoreError
 from serving.store.datasets import put_dataset
-from serving.store.db import DATASET_KIND, IMAGE_KIND
-from serving.store.ids import is_valid_id
+from serving.store.db import DATASET_KIND, IMAGE_KIND, check_position
 
 # The most records one List page reads (limit 0 or larger): bounds the memory of a call; the reply is cut shorter
 # still where it would pass the message size limit.
@@ -43,23 +42,17 @@ def _document(record, data=b""):
 
 def _page_token(record):
     """The opaque token of the page after `record`: its listing position (created_at, id)."""
-    text = json.dumps([record.created_at, record.id])
+    text = json.dumps(record.position)
     return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii")
 
 
 def _position(token):
     """The listing position a page token carries; 400 when the token is not one this service issued."""
     try:
-        created_at, doc_id = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) or not is_valid_id(doc_id):
-            raise ValueError("not a position")
-        created_at = float(created_at)
-        if not math.isfinite(created_at):
-            raise ValueError("not a time")
-    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
+        return check_position(json.loads(base64.urlsafe_b64decode(token.encode("ascii"))))
+    except (ValueError, RecursionError, binascii.Error, StoreError):
         raise ServingError(BAD_REQUEST, "page_token is not a token a List reply gave (send it back unchanged, "
                                         "with the same kind)") from None
-    return created_at, doc_id
 
 
 def _decode_json(data, what):

@@ -45,6 +45,7 @@ import copy
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -216,10 +217,12 @@ def _to_json_text(value, where):
     return _to_json_bytes(value, where).decode("utf-8")
 
 
-def _check_position(position):
+def check_position(position):
     """A listing position (created_at, id), as Record.position gives it; StoreError 400 when malformed."""
     try:
         created_at, doc_id = position
+        if isinstance(created_at, bool) or not math.isfinite(created_at):
+            raise ValueError("not a time")
         created_at = float(created_at)
     except (TypeError, ValueError, OverflowError):
         raise StoreError(BAD_REQUEST, f"bad listing position {position!r}: expected (created_at, id)") from None
@@ -547,7 +550,7 @@ class Store:
             query += " AND kind = ?"
             params.append(_check_kind(kind))
         if after is not None:
-            created_at, after_id = _check_position(after)
+            created_at, after_id = check_position(after)
             query += " AND (created_at, id) < (?, ?)" if newest_first else " AND (created_at, id) > (?, ?)"
             params += [created_at, after_id]
         # created_at first: ids made by different processes in the same second do not sort by creation.
