@@ -34,6 +34,7 @@ that fails for the batch is retried product by product, so only a product that b
 
 from evals.utils import CTX, create_net_handler, load_image, net_inference_handler, net_preprocess_handler
 from evals.utils.error import ErrorBase
+from evals.utils.handlers import EXCEPTION_CODE  # the contract's code for an exception escaping a handler
 from evals.utils.onnx import onnx_session
 from evals.utils.request import request_images
 from serving.training.detector_ops import (app_settings, check_fraction, check_model_input, decode, forward,
@@ -41,7 +42,6 @@ from serving.training.detector_ops import (app_settings, check_fraction, check_m
 
 BAD_REQUEST = 400
 INFERENCE_FAILED = 500
-UNEXPECTED = 599  # the contract's code for an exception escaping a handler
 # Listing and verdict threshold when app.json names none (build_model.py writes the tuned ones).
 DEFAULT_SCORE_THRESHOLD = 0.3
 # What a view may carry: anything else is a caller's mistake (a misspelt key, an input meant for another app) and
@@ -223,7 +223,7 @@ def net_inference(model, requests):
             rets[index] = _failure(error.code, error.message)
         except Exception as error:  # noqa: BLE001 -- the contract's 599, for this product only
             CTX.logger.exception("mvi_defect: product %d of the batch failed", index)
-            rets[index] = _failure(UNEXPECTED, f"{type(error).__name__}: {error}")
+            rets[index] = _failure(EXCEPTION_CODE, f"{type(error).__name__}: {error}")
     if not products:
         return rets, 0, ""
     outputs = _forward(model, [state for _, state in products])
@@ -235,5 +235,5 @@ def net_inference(model, requests):
             rets[index] = {"code": 0, "message": "", "result": _result(model, state, output)}
         except Exception as error:  # noqa: BLE001 -- the contract's 599, for this product only
             CTX.logger.exception("mvi_defect: decoding product %d of the batch failed", index)
-            rets[index] = _failure(UNEXPECTED, f"{type(error).__name__}: {error}")
+            rets[index] = _failure(EXCEPTION_CODE, f"{type(error).__name__}: {error}")
     return rets, 0, ""

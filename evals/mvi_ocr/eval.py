@@ -244,7 +244,7 @@ def _settings(model_params):
             for name, (default, kind, bound) in _SETTINGS.items()}
 
 
-def _setting(name, value, kind, bound=None):
+def _setting(name, value, kind, bound):
     """`value` if it is a valid setting of `kind` (at most `bound`), else a 400 naming ``model_params.<name>``.
     Only comparisons, no float conversion: NaN and infinities fail them, and so does an int too large for a float
     (it would raise OverflowError, naming nothing)."""

@@ -171,7 +171,8 @@ def train(job):
 
 def test(job):
     """COCO detections of the model under test (trained_model_id) on the task's dataset."""
-    from serving.training.trainer import EVAL_SCORE_THRESHOLD, check_categories, load_state, model_from_state, predict
+    from serving.training.trainer import (EVAL_SCORE_THRESHOLD, check_categories, coco_detections, load_state,
+                                          model_from_state, predict)
 
     model, classes = model_from_state(job.initial_model)
     input_size = load_state(job.initial_model)["params"]["input_size"]
@@ -184,6 +185,7 @@ def test(job):
     if missing:
         raise ValueError(f"the model's classes {missing} are not categories of dataset "
                          f"{job.params['json_mongodb_id']} ({sorted(category_of)})")
+    category_ids = [category_of[name] for name in classes]
     detections = []
     for start in range(0, len(images), _TEST_CHUNK):
         if job.should_stop():
@@ -191,9 +193,7 @@ def test(job):
         metas = coco["images"][start:start + _TEST_CHUNK]
         chunk = predict(model, images[start:start + _TEST_CHUNK], input_size, EVAL_SCORE_THRESHOLD)
         for meta, (boxes, scores, labels) in zip(metas, chunk):
-            for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-                detections.append({"image_id": meta["id"], "category_id": category_of[classes[label]],
-                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            detections += coco_detections(meta["id"], boxes, scores, labels, category_ids)
         job.test_progress(start + len(metas), len(images))
     return detections
 

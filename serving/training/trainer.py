@@ -250,6 +250,14 @@ def _losses(outputs, heatmap_target, batch_ids, cells, size_target, offset_targe
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+def coco_detections(image_id, boxes, scores, labels, category_ids):
+    """One image's `predict` output as COCO detections (bbox [x, y, w, h]); `category_ids[label]` is the
+    category id of class index `label`."""
+    return [{"image_id": image_id, "category_id": category_ids[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
+             "score": score}
+            for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())]
+
+
 def predict(model, images, input_size, score_threshold=EVAL_SCORE_THRESHOLD, top_k=detector_ops.DEFAULT_TOP_K,
             device="cpu"):
     """Decoded detections of each image: a list of (boxes, scores, class indices), via detector_ops."""
@@ -287,9 +295,7 @@ def evaluate(model, params, coco, images, device="cpu"):
     detections, predictions = [], {}
     for meta, (boxes, scores, classes) in zip(coco["images"], predict(model, images, params.input_size,
                                                                         device=device)):
-        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
-            detections.append({"image_id": meta["id"], "category_id": category_ids[label],
-                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+        detections += coco_detections(meta["id"], boxes, scores, classes, category_ids)
         if meta.get("file_name"):
             predictions[meta["file_name"]] = {"detections": detector_ops.to_detections(boxes, scores, classes,
                                                                                        names)}
