@@ -41,6 +41,11 @@ log = logging.getLogger("serving.auth")
 #: Methods under these prefixes are served without a token.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 AUTHORIZATION_METADATA_KEY = "authorization"
+
+
+def bearer_metadata(token):
+    """The call metadata a client sends for `token` (none without one)."""
+    return ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),) if token else ()
 MIN_TOKEN_LENGTH = 16
 
 _BEARER = "bearer "

@@ -341,15 +341,14 @@ def cmd_health(args):
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from serving.tls import channel_credentials
+    from serving.auth import bearer_metadata
+    from serving.tls import client_credentials, open_channel
 
     target = "%s:%d" % args.target
-    tls = (args.tls_ca, args.tls_cert, args.tls_key)
-    # As serving.client.Client: any TLS flag makes the channel TLS (a bad PEM path is a ServingError: exit 2). Health
+    # As every client command: any TLS flag makes the channel TLS (a bad PEM path is a ServingError: exit 2). Health
     # needs no token on the server, but one given (--token, SERVING_TOKEN) is sent like every client command does.
-    channel = (grpc.secure_channel(target, channel_credentials(*tls)) if any(v is not None for v in tls)
-               else grpc.insecure_channel(target))
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    channel = open_channel(grpc, target, client_credentials(args.tls_ca, args.tls_cert, args.tls_key))
+    metadata = bearer_metadata(args.token)
     with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(

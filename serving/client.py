@@ -24,12 +24,12 @@ import json
 import grpc
 
 from serving import codec
-from serving.auth import AUTHORIZATION_METADATA_KEY
+from serving.auth import bearer_metadata
 from serving.codec import DEFAULT_MAX_MESSAGE_BYTES, Failure
 from serving.errors import CODE_METADATA_KEY, REQUEST_ID_METADATA_KEY, code_for_grpc_status
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
-from serving.tls import channel_credentials
+from serving.tls import client_credentials, open_channel
 
 
 def _channel_options(max_message_bytes):
@@ -61,9 +61,8 @@ class _ClientBase:
         self.timeout = timeout
         self.request_id = request_id
         self._options = _channel_options(max_message_bytes)
-        self._auth = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),) if token else ()
-        tls = (tls_ca, tls_cert, tls_key)
-        self._credentials = channel_credentials(*tls) if any(v is not None for v in tls) else None
+        self._auth = bearer_metadata(token)
+        self._credentials = client_credentials(tls_ca, tls_cert, tls_key)
 
     def _metadata(self):
         metadata = self._auth
@@ -77,9 +76,7 @@ class _ClientBase:
 
     def _open_channel(self, grpc_module):
         """A channel of `grpc_module` (grpc or grpc.aio) to the target: TLS when TLS was asked for."""
-        if self._credentials is not None:
-            return grpc_module.secure_channel(self.target, self._credentials, options=self._options)
-        return grpc_module.insecure_channel(self.target, options=self._options)
+        return open_channel(grpc_module, self.target, self._credentials, self._options)
 
     @staticmethod
     def _results(response):

@@ -112,6 +112,21 @@ def _as_file(data):
         yield path
 
 
+def client_credentials(ca=None, cert=None, key=None):
+    """The credentials of a client given these PEM sources: channel_credentials when any is given (the channel is
+    then TLS, trusting the system's roots without `ca`), None when none is (plaintext)."""
+    if ca is None and cert is None and key is None:
+        return None
+    return channel_credentials(ca, cert, key)
+
+
+def open_channel(grpc_module, target, credentials, options=None):
+    """A channel of `grpc_module` (grpc or grpc.aio) to `target`: TLS with `credentials`, plaintext when None."""
+    if credentials is not None:
+        return grpc_module.secure_channel(target, credentials, options=options)
+    return grpc_module.insecure_channel(target, options=options)
+
+
 def channel_credentials(ca=None, cert=None, key=None):
     """`grpc.ChannelCredentials` trusting `ca` (None: the system's roots) and presenting `cert`/`key` when
     given (mutual TLS)."""

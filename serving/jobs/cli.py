@@ -120,18 +120,14 @@ class _Connection:
     def __init__(self, args):
         import grpc
 
-        from serving.auth import AUTHORIZATION_METADATA_KEY
+        from serving.auth import bearer_metadata
         from serving.proto import mvp_pb2_grpc
-        from serving.tls import channel_credentials
+        from serving.tls import client_credentials, open_channel
 
         security = client_security(args)
-        tls = (security["tls_ca"], security["tls_cert"], security["tls_key"])
-        if any(value is not None for value in tls):
-            self.channel = grpc.secure_channel(args.target, channel_credentials(*tls))
-        else:
-            self.channel = grpc.insecure_channel(args.target)
-        token = security["token"]
-        self.metadata = ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),) if token else ()
+        credentials = client_credentials(security["tls_ca"], security["tls_cert"], security["tls_key"])
+        self.channel = open_channel(grpc, args.target, credentials)
+        self.metadata = bearer_metadata(security["token"])
         self.format_data = mvp_pb2_grpc.FormatDataStub(self.channel)
         self.control = mvp_pb2_grpc.TaskControlStub(self.channel)
 
