@@ -32,7 +32,16 @@ host:
   the app is evals/<app>/, so its src/ is also copied to evals/src/, where `evals.src` resolves (`src` is never an
   app name, so the server does not take it for an app). An app of the folder-per-app layout with a src/ of its
   own (imported as `evals.<app>.src`) is unaffected by the extra copy.
+- any other module the app's code imports as `evals.<name>` (`import evals.x`, `from evals.x import y`,
+  `from evals import x`), read from the app's .py files, is copied to evals/<name> as well, from where the
+  server would have found it: the app folder (a classic app's sibling module, `evals.helpers` for its
+  helpers.py), else the folder the app sits in (a package shared by the apps of an evals/ folder, such as
+  `evals/common/`). `evals.utils` and the app's own package are the runtime's and the app's already. A name found
+  in neither place is left alone (the server reports the failed import as it would without a build), and one
+  that holds an eval.py is refused: the image would take it for a second app. Imports spelled as strings
+  (`importlib.import_module("evals.x")`) are not seen: put such code under src/.
 """
+import ast
 import fnmatch
 import hashlib
 import json
@@ -42,7 +51,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from serving.apps import _APP_NAME, _RESERVED
+from serving.apps import _APP_NAME, _RESERVED, module_name_for
 from serving.config import load_app_config
 from serving.errors import BAD_REQUEST, ServingError
 
@@ -97,6 +106,7 @@ def build_context(app_dir, out_dir, *, device="cpu", app_name=None, force=False)
     classic_files = []
     if (None, Path(CLASSIC_SRC)) in app_files:  # the app folder has a src/ folder
         classic_files = [(source, relative) for source, relative in app_files if relative.parts[0] == CLASSIC_SRC]
+    classic_files += _imported_evals_modules(app_dir, app_name, app_files)
     out_dir = Path(out_dir).resolve()
     existed = out_dir.exists()
     out_dir = _prepare_out_dir(out_dir, app_dir, force)
@@ -239,6 +249,56 @@ def _tree_files(root, top, what, prefix=Path()):
 
     walk(root.resolve(), Path(), frozenset({root.resolve()}))
     return found
+
+
+def _evals_names_imported(source):
+    """The X of every `evals.X` a module's source imports (`import evals.X...`, `from evals.X... import`,
+    `from evals import X`); a source that does not parse imports nothing here (the server reports it)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            dotted = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            dotted = [node.module]
+            if node.module == "evals":
+                names.update(alias.name for alias in node.names if alias.name != "*")
+        else:
+            continue
+        names.update(name.split(".")[1] for name in dotted if name.startswith("evals."))
+    return names
+
+
+def _imported_evals_modules(app_dir, app_name, app_files):
+    """[(source, path under the context's evals/)] of the modules and packages the app imports as `evals.X` that
+    the image would not find otherwise (see the module docstring): X.py or the folder X, from the app folder,
+    else from the folder the app folder sits in."""
+    imported = set()
+    for source, relative in app_files:
+        if source is not None and relative.suffix == ".py":
+            imported |= _evals_names_imported(source.read_bytes())
+    # The runtime's eval API, the classic eval module and src/ (copied already), and the app's own package under
+    # either name (a folder built with --app-name still imports itself by its folder's name).
+    own = {"utils", "eval", CLASSIC_SRC, "__init__",
+           *(module_name_for(name).split(".", 1)[1] for name in (app_name, app_dir.name))}
+    files = []
+    for name in sorted(imported - own):
+        for folder in (app_dir, app_dir.parent):
+            module, package = folder / f"{name}.py", folder / name
+            if module.is_file():
+                files.append((module.resolve(), Path(module.name)))
+                break
+            if package.is_dir():
+                if (package / "eval.py").is_file():
+                    raise BuildError(f"the app imports evals.{name}, but {package} holds an eval.py: in the image "
+                                     f"it would be served as a second app; move the shared code out of it")
+                files.append((None, Path(name)))
+                files.extend(_tree_files(package, package, f"folder of evals.{name}", Path(name)))
+                break
+    return files
 
 
 def _link_shown(path):

@@ -240,6 +240,41 @@ def test_classic_layout_app_loads_in_the_image(tmp_path):
     assert _served_answer(context, "legacy") == 42
 
 
+def test_modules_imported_as_evals_siblings_load_in_the_image(tmp_path):
+    """A classic app's own modules beside eval.py (`evals.helpers`, `from evals import tables`) and a package shared
+    by the apps of an evals/ folder (`evals.common`) resolve in the image as they did from the folders."""
+    classic = tmp_path / "classic"
+    _write_answering_app(classic, "import evals.helpers\nfrom evals import tables\n\n\n"
+                                  "def answer(configs):\n    return evals.helpers.twice(tables.TWENTY_ONE)")
+    (classic / "helpers.py").write_text("def twice(x):\n    return 2 * x\n")
+    (classic / "tables.py").write_text("TWENTY_ONE = 21\n")
+    result = _run_cli("build", str(classic), "--out", str(tmp_path / "ctx1"), "--app-name", "legacy")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ctx1" / "evals" / "helpers.py").is_file()
+    assert _served_answer(tmp_path / "ctx1", "legacy") == 42
+
+    evals_dir = tmp_path / "evals"
+    _write_answering_app(evals_dir / "reader", "from evals.common.units import answer")
+    (evals_dir / "common").mkdir()
+    (evals_dir / "common" / "__init__.py").write_text("")
+    (evals_dir / "common" / "units.py").write_text("def answer(configs):\n    return 'shared'\n")
+    (evals_dir / "unrelated").mkdir()  # not imported: stays out of the context
+    result = _run_cli("build", str(evals_dir / "reader"), "--out", str(tmp_path / "ctx2"))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "ctx2" / "evals" / "unrelated").exists()
+    assert _served_answer(tmp_path / "ctx2", "reader") == "shared"
+
+
+def test_an_imported_evals_sibling_that_is_an_app_is_refused(tmp_path):
+    evals_dir = tmp_path / "evals"
+    _write_answering_app(evals_dir / "reader", "from evals.other.post import answer")
+    _write_answering_app(evals_dir / "other", "")
+    result = _run_cli("build", str(evals_dir / "reader"), "--out", str(tmp_path / "ctx"))
+    assert result.returncode == 2
+    assert "imports evals.other" in result.stderr and "second app" in result.stderr
+    assert not (tmp_path / "ctx").exists()
+
+
 def test_absolute_paths_inside_the_app_are_made_relative(tmp_path):
     """The image has no build host's folders: an absolute path into the app folder must point at the copy."""
     app_dir = tmp_path / "src" / "reader"

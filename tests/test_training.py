@@ -458,3 +458,21 @@ def test_what_is_not_a_checkpoint_is_refused_without_advising_an_unsafe_load(doc
         assert "weights_only" not in str(info.value)
         # Nor in the traceback of a failed task: the torch error is not chained.
         assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_grey_and_bgra_images_train_and_a_malformed_one_is_named(data):
+    """The trainer takes what the served app takes: grey and BGRA arrays are converted to BGR."""
+    from serving.training.trainer import train
+
+    train_images, train_coco, val_images, val_coco = data
+    mixed = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if k % 2 else cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+             for k, image in enumerate(train_images)]
+    grey_val = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in val_images]
+    reporter = Recorder()
+    result = train(TrainParams(max_iters=2, **{**TINY, "snapshot_interval": 2}), train_coco, mixed, val_coco,
+                   grey_val, reporter)
+    assert result.iteration == 2 and reporter.checkpoints[-1][2]["map50"] is not None
+    malformed = list(train_images)
+    malformed[3] = train_images[3].astype(np.float32)
+    with pytest.raises(ValueError, match="training image 3: expected a uint8 image, got float32"):
+        train(TrainParams(max_iters=1, **TINY), train_coco, malformed, val_coco, val_images, Recorder())

@@ -131,13 +131,10 @@ def load_image(uri, body=None):
     return _decode(data, name)
 
 
-def square_bgr(image, side):
-    """`image` as a `side` x `side` BGR uint8 array, the first step of a network's preprocessing.
-
-    Grey (H x W) and BGRA images become BGR; the resize uses area interpolation when both sides shrink (thin
-    edges are averaged rather than dropped) and linear otherwise. Raises ValueError naming the shape or dtype
-    of anything else: a network input must never be guessed from a malformed array.
-    """
+def as_bgr(image):
+    """`image` as an H x W x 3 BGR uint8 array: grey (H x W) and BGRA images are converted, a BGR one is returned
+    as it is. Raises ValueError naming the shape or dtype of anything else: a network input must never be
+    guessed from a malformed array."""
     import cv2  # imported on first use: `import evals.utils` stays cheap
     import numpy as np
 
@@ -150,6 +147,18 @@ def square_bgr(image, side):
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 BGR image, got shape {image.shape}")
+    return image
+
+
+def square_bgr(image, side):
+    """`image` as a `side` x `side` BGR uint8 array, the first step of a network's preprocessing.
+
+    Grey (H x W) and BGRA images become BGR (:func:`as_bgr`, which also refuses malformed arrays); the resize uses
+    area interpolation when both sides shrink (thin edges are averaged rather than dropped) and linear otherwise.
+    """
+    import cv2
+
+    image = as_bgr(image)
     height, width = image.shape[:2]
     if (height, width) != (side, side):
         shrinking = height > side and width > side

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evals.utils.image import as_bgr
 from serving.jobs.evaluation import evaluate as evaluate_detections
 from serving.training import augment, detector_ops
 from serving.training.model import build_model
@@ -124,6 +125,15 @@ def learning_rate(params, iteration):
 # ---------------------------------------------------------------------------------------------- data
 
 
+def _as_bgr(image, index):
+    """A training image as the augmentations take it: H x W x 3 BGR uint8. Grey (H x W) and BGRA images are
+    converted, as the served app's preprocessing converts them; anything else is a ValueError naming the image."""
+    try:
+        return as_bgr(image)
+    except ValueError as error:
+        raise ValueError(f"training image {index}: {error}") from None
+
+
 class _Samples:
     """Training images with their boxes (x1, y1, x2, y2 float32) and class indices, in COCO image order."""
 
@@ -136,7 +146,7 @@ class _Samples:
             if annotation.get("iscrowd"):
                 continue
             by_image[annotation["image_id"]].append(annotation)
-        self.images = images
+        self.images = [_as_bgr(image, k) for k, image in enumerate(images)]
         self.boxes, self.labels = [], []
         self.defect_free = []  # indices of images without a box: the textures augment.texture_mix lays over others
         for meta in coco["images"]:
