@@ -63,14 +63,20 @@ class Inspection:
                 return None
         return None
 
-    async def _ensure_loaded(self, name):
-        """App `name` READY: loaded from its folder when it is not (or is FAILED / STUCK)."""
+    async def _ensure_loaded(self, name, reload_stuck=False):
+        """App `name` READY: loaded from its folder when it is not (or is FAILED), and with `reload_stuck` also when
+        it is STUCK. Calls leave a STUCK app alone: it answers them 503, retryable, as any app does, and reloading
+        it on a call's path would make every caller wait for a load."""
+        def serving(app):
+            state = app.effective_state if reload_stuck else app.state
+            return app is not None and state == "READY"
+
         app = self.registry.apps.get(name)
-        if app is not None and app.state == "READY":
+        if app is not None and serving(app):
             return app
         async with self._loading:
             app = self.registry.apps.get(name)
-            if app is not None and app.state == "READY":
+            if app is not None and serving(app):
                 return app  # loaded by the call this one waited for
             if name not in self.registry.folders():
                 raise ServingError(NOT_FOUND, f"app {name!r} is not served here (no such app folder)")
@@ -93,10 +99,16 @@ class Inspection:
             else:
                 raise ServingError(NOT_FOUND, f"{entry!r} names no app this server serves (evals dir or DATA/apps) "
                                               "and is not a model id; nothing was loaded")
+        for kind, value in plan:
+            if kind == "model":  # unknown, another user's or not a model: refused before anything loads
+                try:
+                    await asyncio.to_thread(self.jobs.find_model, value)
+                except ServingError as exc:
+                    raise ServingError(exc.code, f"{value!r}: {exc.message}; nothing was loaded") from None
         loaded = []
         for kind, value in plan:
             if kind == "app":
-                await self._ensure_loaded(value)
+                await self._ensure_loaded(value, reload_stuck=True)
                 loaded.append(value)
             else:
                 exported = await self.jobs.export_model(value)

@@ -81,6 +81,46 @@ def test_initial_defect_task_loads_the_built_in_apps_and_is_harmless_twice(env):
     assert client.initial_defect_task(mvp_pb2.InitialParam(device_num=-1), timeout=TIMEOUT).res_code == 400
 
 
+def test_initial_defect_task_checks_model_ids_before_loading_anything(env):
+    """An unknown snapshot id after an app name: 404 naming it, and the app before it was not loaded either."""
+    import tritonclient.grpc as triton
+
+    kserve = triton.InferenceServerClient(env["server"].target)
+    kserve.unload_model("mvi_ocr")
+    try:
+        assert not kserve.is_model_ready("mvi_ocr")
+        res = env["client"].initial_defect_task(
+            mvp_pb2.InitialParam(device_num=1, model_path_lst=["mvi_ocr", "0123456789abcdef01234567"]),
+            timeout=TIMEOUT)
+        assert res.res_code == 404 and "0123456789abcdef01234567" in res.res_msg, res.res_msg
+        assert "nothing was loaded" in res.res_msg
+        assert not kserve.is_model_ready("mvi_ocr")
+        # A stored document that is not a model: 400, nothing loaded.
+        res = env["client"].initial_defect_task(
+            mvp_pb2.InitialParam(device_num=1, model_path_lst=["mvi_ocr", env["blob"]]), timeout=TIMEOUT)
+        assert res.res_code == 400 and env["blob"] in res.res_msg, res.res_msg
+        assert not kserve.is_model_ready("mvi_ocr")
+    finally:
+        res = env["client"].initial_defect_task(mvp_pb2.InitialParam(device_num=1, model_path_lst=["mvi_ocr"]),
+                                                timeout=TIMEOUT)
+        kserve.close()
+    assert (res.res_code, res.res_msg) == (0, "OK: mvi_ocr ready")
+
+
+def test_initial_defect_task_reloads_a_stuck_app(fresh_apps_server):
+    """STUCK (net_inference past inference_timeout_s) is not ready: the call loads the app again."""
+    host, port = fresh_apps_server.target.split(":")
+    with fresh_apps_server.channel() as channel, Client(host, int(port), "probe", timeout=0.5) as client:
+        mvi = mvp_pb2_grpc.FormatDataStub(channel)
+        assert client.infer({"i": 1}, params={"hang_s": 4})["code"] == 504
+        assert wait_until(lambda: {a["name"]: a["state"] for a in client.apps()}["probe"] == "STUCK", 3)
+        res = mvi.initial_defect_task(mvp_pb2.InitialParam(device_num=1, model_path_lst=["probe"]), timeout=TIMEOUT)
+        assert (res.res_code, res.res_msg) == (0, "OK: probe ready")
+        assert {a["name"]: a["state"] for a in client.apps()}["probe"] == "READY"
+        [result] = client.infer({"i": 2})
+        assert "error" not in result, result
+
+
 def test_defect_detect_task_stores_the_product_verdict(env):
     ng, ok = env["ng"], env["ok"]
     res = _detect(env, ng)

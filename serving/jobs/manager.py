@@ -624,7 +624,7 @@ class JobManager:
         or an admin may export over it, as for any record (serving.ownership). A folder without the record
         (exported before it existed) is the anonymous user's."""
         user = caller()
-        record = await asyncio.to_thread(self._model_record, model_id, user)
+        record = await asyncio.to_thread(self.find_model, model_id, user)
         name = check_app_name(app_name or default_app_name(record.meta))
         apps_dir = exported_apps_dir(self.data_dir)
         if self.registry is not None:
@@ -654,6 +654,8 @@ class JobManager:
         log.info("model %s exported as app %s", record.id, name)
         return {"app": name, "model_id": record.id, "path": str((apps_dir / name).resolve()), "state": state}
 
-    def _model_record(self, model_id, user):
-        # In a thread: the store opens on first use (SQLite and files).
-        return model_record(self._store_for(user), (model_id or "").strip())
+    def find_model(self, model_id, user=None):
+        """The store record of snapshot `model_id` as `user` (default: the caller) sees it; JobError 400 malformed
+        id or not a model, 404 unknown (or another user's). Blocking: call it in a thread (the store opens on
+        first use: SQLite and files)."""
+        return model_record(self._store_for(user or caller()), (model_id or "").strip())
