@@ -217,14 +217,15 @@ def cmd_serve(args):
         return _supervise(args)
 
     from serving.server import ServingServer, serve_until_signalled
-    from serving.workers import init_supervised_worker
+    from serving.workers import init_supervised_worker, is_supervised_worker
 
     quarantined = init_supervised_worker()  # {} unless a supervisor started this process
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,
                            strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root,
                            data_dir=args.data_dir, max_jobs=args.max_jobs, trainer_app=args.trainer_app,
-                           max_concurrent_rpcs=args.max_concurrent_rpcs, quarantined=quarantined)
+                           max_concurrent_rpcs=args.max_concurrent_rpcs, quarantined=quarantined,
+                           share_port=is_supervised_worker())
     try:
         asyncio.run(serve_until_signalled(server, grace=args.grace))
     except ServingError as exc:
@@ -235,10 +236,14 @@ def cmd_serve(args):
 
 def _supervise(args):
     """`serve` as the supervisor of `--workers` serving processes (serving.workers)."""
-    from serving.workers import Supervisor, app_folders, reserve_port
+    from serving.workers import PortUnavailable, Supervisor, app_folders, claim_port
 
-    reserved = reserve_port(args.host) if not args.port else None
-    port = reserved.getsockname()[1] if reserved is not None else args.port
+    try:
+        reserved = claim_port(args.host, args.port)
+    except PortUnavailable as exc:
+        print(f"serving: {exc}", file=sys.stderr)
+        return 1
+    port = reserved.getsockname()[1]
     worker_args = _worker_args(args)
     argv = [sys.executable, "-m", "serving.cli", *worker_args]
     supervisor = Supervisor(argv, args.workers, port, args.metrics_port, restart_backoff_s=args.restart_backoff,
@@ -247,8 +252,7 @@ def _supervise(args):
     try:
         return supervisor.run()
     finally:
-        if reserved is not None:
-            reserved.close()
+        reserved.close()
 
 
 def cmd_infer(args):

@@ -54,7 +54,8 @@ class ServingServer:
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
                  credentials=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
-                 trainer_app=DEFAULT_TRAINER_APP, max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS, quarantined=None):
+                 trainer_app=DEFAULT_TRAINER_APP, max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS, quarantined=None,
+                 share_port=False):
         # Apps exported from training snapshots (serving.jobs.export) are served beside the evals dir's.
         self.registry = AppRegistry(evals_dir, classic_name=app_name, extra_dirs=(exported_apps_dir(data_dir),))
         self.dataplane = DataPlane(self.registry)
@@ -63,6 +64,9 @@ class ServingServer:
         self.max_message_bytes = max_message_bytes
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.quarantined = dict(quarantined or {})  # {app: reason}: apps not to load (serving.workers)
+        # Only the workers of one supervisor share a port (SO_REUSEPORT, gRPC's default on Linux); a server on
+        # its own refuses a port another process listens on instead of splitting that port's connections with it.
+        self.share_port = share_port
         self.metrics_port = metrics_port
         self.strict = strict
         self.tokens = tokens
@@ -93,6 +97,7 @@ class ServingServer:
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", int(self.share_port)),
         ]
         try:
             # Before any app code runs: eval code reading a request's uri goes through this policy.

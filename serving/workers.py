@@ -174,14 +174,39 @@ def _describe(returncode):
 
 # ---- the supervisor ---------------------------------------------------------------------------------------------
 
-def reserve_port(host):
-    """A bound (not listening) SO_REUSEPORT socket on a free port, for workers to share when the command line
-    asked for port 0. Kept open while the supervisor runs, so that no other program takes the port while a
-    worker restarts; it never accepts connections."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+class PortUnavailable(Exception):
+    """The port `serve` was asked for cannot be had; the message names it and why."""
+
+
+def claim_port(host, port):
+    """A bound (not listening) SO_REUSEPORT socket on `port` (0: a free one) for the workers to share. Kept open
+    while the supervisor runs, so that no other program takes the port while a worker restarts; it never
+    accepts connections.
+
+    A port that another process listens on is refused (PortUnavailable, naming it), even when that process
+    allows sharing it: the workers bind with SO_REUSEPORT, so a second `serving serve` on a port the first one
+    serves would otherwise start without an error, and the kernel would split the clients' connections between
+    two unrelated servers. The check binds the port once without SO_REUSEPORT (with SO_REUSEADDR, so that
+    connections of an earlier server still in TIME_WAIT do not count as in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise PortUnavailable(f"cannot listen on {host}:{port}: port in use or address not available "
+                                      f"({exc.strerror})") from None
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
+
+
+def is_supervised_worker():
+    """Whether this process is a worker a supervisor started (one of several sharing a port)."""
+    return bool(os.environ.get(SUPERVISOR_PID_ENV))
 
 
 def listens_on(pid, port):

@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import psutil
+import pytest
 
 from conftest import REPO, TESTS, RunningServer, wait_until
 from serving.client import Client
@@ -134,3 +135,22 @@ def test_sigterm_to_the_supervisor_right_after_it_started_exits_0(tmp_path):
     proc, lines = start_until(["--evals", str(TESTS / "apps"), "--data-dir", str(tmp_path)], "worker 0: pid")
     code, took = stop_within(proc, 20)
     assert code == 0, "".join(lines)
+
+
+@pytest.mark.parametrize("first, second", [([], []), (["--no-supervise"], ["--no-supervise"]), ([], ["--no-supervise"])],
+                         ids=["supervisor-then-supervisor", "single-then-single", "supervisor-then-single"])
+def test_a_second_server_on_a_served_port_is_refused(tmp_path, first, second):
+    """gRPC binds with SO_REUSEPORT, which lets the workers of one supervisor share a port; a second server on
+    that port must not join them (the kernel would split the clients' connections between the two)."""
+    server = RunningServer([*first, "--evals", str(TESTS / "apps")])
+    try:
+        again = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1", "--port",
+                                str(server.port), *second, "--evals", str(TESTS / "apps"),
+                                "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert f"serving: cannot listen on 127.0.0.1:{server.port}: port in use" in again.stderr
+        assert "serving on" not in again.stdout + again.stderr and "Traceback" not in again.stderr
+        with Client("127.0.0.1", server.port, "probe", timeout=10) as client:
+            assert "error" not in client.infer({"i": 1})[0]
+    finally:
+        assert server.stop() == 0
