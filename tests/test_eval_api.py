@@ -415,10 +415,12 @@ def test_load_png_body_roundtrip():
 def test_load_jpeg_body_and_buffer_types():
     image = pattern(40, 70)
     body = encode(image, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 95))
-    for variant in (body, bytearray(body), memoryview(body), body.decode("latin-1")):
-        out = load_image("a.jpg", variant)
-        assert out.shape == (40, 70, 3) and out.dtype == np.uint8
-    assert np.median(np.abs(load_image("a.jpg", body).astype(int) - image)) <= 4  # lossy, close
+    decoded = load_image("a.jpg", body)
+    assert decoded.shape == (40, 70, 3) and decoded.dtype == np.uint8
+    assert np.median(np.abs(decoded.astype(int) - image)) <= 4  # lossy, close
+    # Every buffer type holding those bytes decodes to exactly the same pixels.
+    for variant in (bytearray(body), memoryview(body), body.decode("latin-1")):
+        np.testing.assert_array_equal(load_image("a.jpg", variant), decoded)
 
 
 def test_load_grayscale_and_bgra_become_bgr():
@@ -426,11 +428,16 @@ def test_load_grayscale_and_bgra_become_bgr():
     out = load_image("g.png", encode(gray))
     assert out.shape == (40, 40, 3)
     assert np.array_equal(out[:, :, 0], gray) and np.array_equal(out[:, :, 2], gray)
+    # BGRA: the alpha plane is dropped, the colour planes kept as they were.
     bgra = np.dstack([pattern(40, 50), np.full((40, 50), 128, np.uint8)])
-    assert load_image("a.png", encode(bgra)).shape == (40, 50, 3)
-    deep = (pattern(40, 50).astype(np.uint16) * 257)
+    out4 = load_image("a.png", encode(bgra))
+    assert out4.dtype == np.uint8 and out4.shape == (40, 50, 3)
+    np.testing.assert_array_equal(out4, pattern(40, 50))
+    # 16-bit: scaled back to 8 bits (its high byte), not clipped or truncated to the low byte (100 here).
+    deep = pattern(40, 50).astype(np.uint16) * 256 + 100
     out16 = load_image("d.png", encode(deep))
     assert out16.dtype == np.uint8 and out16.shape == (40, 50, 3)
+    np.testing.assert_array_equal(out16, pattern(40, 50))
 
 
 @pytest.mark.parametrize("body", [b"", bytearray(), b"not an image at all" * 10, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
@@ -713,17 +720,30 @@ def _count(method, number, error="NIL"):
         "ava_serving_eval_response_time_count", {"method": method, "error": error, "number": number}) or 0.0
 
 
+def _sum(method, number, error="NIL"):
+    return REGISTRY.get_sample_value(
+        "ava_serving_eval_response_time_sum", {"method": method, "error": error, "number": number}) or 0.0
+
+
 def test_monitor_observe_and_time_appear_in_metrics():
-    before_load = _count("py.load", "3")
+    # Each helper observes into its own method's series, once per call, with the value it was given.
+    series = (("py.load", "NIL", 0.05), ("py.forward", "NIL", None), ("py.post", "E1", 0.2),
+              ("py.transform", "NIL", 0.01), ("py.inference", "NIL", 1.5))
+    before = {method: (_count(method, "3", error), _sum(method, "3", error)) for method, error, _ in series}
+    post_nil = _count("py.post", "3")
     monitor_rt_load(3).observe(0.05)
     with monitor_rt_forward(number=3).time():
         pass
     monitor_rt_post(3, error="E1").observe(0.2)
     monitor_rt_transform(3).observe(0.01)
     monitor_rt_inference(3).observe(1.5)
-    assert _count("py.load", "3") == before_load + 1
-    assert _count("py.forward", "3") >= 1
-    assert _count("py.post", "3", "E1") >= 1
+    for method, error, value in series:
+        count, total = before[method]
+        assert _count(method, "3", error) == count + 1, method
+        if value is not None:
+            assert _sum(method, "3", error) == pytest.approx(total + value), method
+    assert 0 <= _sum("py.forward", "3") - before["py.forward"][1] < 1  # .time() observed the elapsed time
+    assert _count("py.post", "3") == post_nil  # error="E1" is a label of its own: nothing went to the NIL series
     text = generate_latest().decode()
     for method, error in (("py.load", "NIL"), ("py.forward", "NIL"), ("py.post", "E1"), ("py.transform", "NIL"),
                           ("py.inference", "NIL")):
@@ -739,8 +759,9 @@ def test_monitor_children_share_one_histogram_and_survive_reimport():
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)
     assert copy.response_time_histogram() is histogram  # no duplicate registration
+    before = _count("py.load", "77")
     copy.monitor_rt_load(number=77).observe(0.1)
-    assert _count("py.load", "77") >= 1
+    assert _count("py.load", "77") == before + 1  # the copy's observation lands in the one shared histogram
 
 
 # --- the legacy_style fixture app ------------------------------------------------------------------

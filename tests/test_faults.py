@@ -55,6 +55,24 @@ def health(server, service):
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+def load_of(server, app):
+    """(images admitted and not answered, instances answered) of `app`, from the server's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.labels.get("app") == app]
+    depth = sum(sample.value for sample in samples if sample.name == "serving_queue_depth")
+    answered = sum(sample.value for sample in samples if sample.name == "serving_requests_total")
+    return depth, answered
+
+
+def queue_depth(server, app):
+    return load_of(server, app)[0]
+
+
 def in_background(function, *args, **kwargs):
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("result", function(*args, **kwargs)))
@@ -63,12 +81,12 @@ def in_background(function, *args, **kwargs):
 
 
 def test_a_crashing_app_costs_a_restart_then_is_quarantined_while_the_others_serve(evals):
-    server = RunningServer(["--evals", str(evals), "--restart-backoff", "0.2"])
+    server = RunningServer(["--evals", str(evals), "--restart-backoff", "0.2", "--metrics-port", "0"])
     try:
         first_pid = infer(server, "steady")["pid"]
         # A call in flight on another app when the process dies gets a retryable code, as does the crasher's.
         slow, slow_out = in_background(infer, server, "steady", {"sleep_ms": 3000})
-        time.sleep(0.5)
+        assert wait_until(lambda: queue_depth(server, "steady") == 1, 10)  # admitted: in flight at the crash
         assert infer(server, "crashy", {"crash": "segv"})["code"] == 503
         slow.join(TIMEOUT)
         assert slow_out["result"]["code"] == 503, slow_out
@@ -253,14 +271,20 @@ def test_kill_9_of_serving_and_training_processes_at_any_moment_loses_nothing(ev
 def test_sigterm_under_load_finishes_calls_checkpoints_training_and_exits_0(evals, tmp_path):
     data_dir = tmp_path / "data"
     dataset_id = _dataset(data_dir)
-    server = RunningServer(["--evals", str(evals), "--data-dir", str(data_dir), "--trainer-app", "counter"])
+    server = RunningServer(["--evals", str(evals), "--data-dir", str(data_dir), "--trainer-app", "counter",
+                            "--metrics-port", "0"])
     tasks = Tasks(server)
     try:
         assert tasks.start(902, dataset_id, iters=400) == 0
         assert wait_until(lambda: _state(tasks, 902) == "RUNNING" and tasks.models(902) != [], 30)
         # 48 calls in flight: six batches of 8 at 200 ms each, more than a second of work.
         callers = [in_background(infer, server, "steady", {"sleep_ms": 200}, {"i": i}) for i in range(48)]
-        time.sleep(0.3)
+
+        def all_admitted_some_in_flight():
+            depth, answered = load_of(server, "steady")
+            return depth > 0 and depth + answered >= 48
+
+        assert wait_until(all_admitted_some_in_flight, 10, 0.01)  # the signal comes with calls in flight
         server.proc.send_signal(signal.SIGTERM)
         for thread, _ in callers:
             thread.join(TIMEOUT)

@@ -1,6 +1,7 @@
 """The batch test harness: inputs, scoring (text, class, COCO detection), latency stats, and a full run."""
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -291,8 +292,12 @@ def test_latency_percentiles():
 def test_latency_histogram_svg_marks_percentiles_and_survives_equal_values():
     svg = latency_histogram_svg([5.0, 6.0, 7.0, 30.0], {"p50": 6.5, "p90": 22.0, "p99": 29.0})
     assert svg.startswith("<svg") and svg.count("<rect") >= 2
-    assert "p50 6.50 ms" in svg and "p99 29.0 ms" in svg
-    assert "<svg" in latency_histogram_svg([3.0, 3.0], {"p50": 3.0})
+    assert "p50 6.50 ms" in svg and "p90 22.0 ms" in svg and "p99 29.0 ms" in svg
+    # The bars (titled "from-to ms: count") hold every latency once.
+    assert sum(int(n) for n in re.findall(r" ms: (\d+)</title>", svg)) == 4
+    equal = latency_histogram_svg([3.0, 3.0], {"p50": 3.0})
+    assert equal.startswith("<svg") and "p50 3.00 ms" in equal
+    assert sum(int(n) for n in re.findall(r" ms: (\d+)</title>", equal)) == 2
 
 
 def test_to_jsonable_converts_numpy_and_bytes():

@@ -465,13 +465,16 @@ def test_a_stopping_server_starts_no_queued_task_with_workers(tmp_path):
         host, port = server.target.split(":")
         for _ in range(64):  # a new connection each time: the kernel spreads connections over the workers
             other = Client(host, int(port), "counter", timeout=TIMEOUT)
-            if other.infer({"i": 1})[0]["pid"] != owner:
+            other_pid = other.infer({"i": 1})[0]["pid"]
+            if other_pid != owner:
                 break
             other.close()
         else:
             raise AssertionError("no connection reached the other worker")
         # A slow call on the other worker: it stays up after the owner has gone, its scheduler free to take over.
-        slow = threading.Thread(target=lambda: other.infer({"i": 1}, params={"sleep_s": 3}))
+        slow_result = {}
+        slow = threading.Thread(target=lambda: slow_result.setdefault(
+            "result", other.infer({"i": 1}, params={"sleep_s": 3})))
         slow.start()
         time.sleep(0.5)
     finally:
@@ -479,6 +482,8 @@ def test_a_stopping_server_starts_no_queued_task_with_workers(tmp_path):
         if slow is not None:
             slow.join(30)
             other.close()
+    # The other worker did stay up past the owner's exit: it finished the slow call it had taken.
+    assert slow_result["result"] == [{"model": "counter", "pid": other_pid}], slow_result
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         states = dict(conn.execute("SELECT task_id, state FROM tasks"))
     assert states == {"71": "INTERRUPTED", "72": "QUEUED"}, states

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, RunningServer
 from evals.mvi_ocr import data
 from serving.client import Client
+from serving.config import ConfigError
 from serving.inprocess import InProcessRunner
 
 APP = "mvi_ocr"
@@ -169,7 +170,10 @@ def test_a_multi_image_request_larger_than_batch_size_is_refused(client):
     batch_size = json.loads((REPO / "evals" / APP / "app.json").read_text())["batch_size"]
     small = {"body": png(np.full((40, 40, 3), 255, np.uint8))}
     result = one(client, [small] * (batch_size + 1))
-    assert 400 <= result["code"] < 500
+    # Refused by the runtime before it is queued, naming the sizes.
+    assert result == {"code": 400, "error": f"a request of {batch_size + 1} images is over the batch_size of app "
+                                            f"{APP} ({batch_size})"}, result
+    assert len(one(client, [small] * batch_size)["images"]) == batch_size  # at the limit: served
 
 
 def app_copy(root, app_json):
@@ -183,7 +187,7 @@ def app_copy(root, app_json):
 
 
 def test_unknown_model_param_fails_the_app_naming_the_key(tmp_path):
-    with pytest.raises(Exception, match="model_params.det_thread is not a setting"):
+    with pytest.raises(ConfigError, match=f"^app {APP} failed to load: .*model_params.det_thread is not a setting"):
         InProcessRunner(app_copy(tmp_path, {"model_params": {"det_thread": 2}}), APP)
 
 
@@ -197,12 +201,13 @@ def test_unknown_model_param_fails_the_app_naming_the_key(tmp_path):
     ("det_max_lines", 0, "must be an integer from 1 to 4096, got 0"),
 ], ids=["det_thresh-huge", "det_unclip_ratio-huge", "det_threads-huge", "rec_min_width-2**63", "det_max_lines-0"])
 def test_out_of_range_model_params_fail_the_app_naming_the_key(tmp_path, setting, value, message):
-    with pytest.raises(Exception, match=re.escape(f"model_params.{setting} {message}")):
+    expected = f"^app {APP} failed to load: .*" + re.escape(f"model_params.{setting} {message}")
+    with pytest.raises(ConfigError, match=expected):
         InProcessRunner(app_copy(tmp_path, {"model_params": {setting: value}}), APP)
 
 
 def test_an_unreadable_default_charset_fails_the_app(tmp_path):
-    with pytest.raises(Exception, match="custom_params.default_charset: .*cannot read"):
+    with pytest.raises(ConfigError, match=f"^app {APP} failed to load: .*custom_params.default_charset: .*cannot read"):
         InProcessRunner(app_copy(tmp_path, {"custom_params": {"default_charset": "0123☃"}}), APP)
 
 
@@ -276,9 +281,11 @@ def test_serving_test_scores_the_app_with_a_precision_recall_curve(server, tmp_p
 
 def test_generator_is_seeded_and_its_labels_are_exact(tmp_path):
     first, again = data.generate(5, 11), data.generate(5, 11)
+    assert len(first) == len(again) == 5
     assert all(a[2] == b[2] and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
     assert [s[2] for s in data.generate(5, 12)] != [s[2] for s in first]
     labels = data.write_dataset(tmp_path, 6, 3)
+    assert sorted(labels) == [f"code_{index:05d}.png" for index in range(6)]
     assert json.loads((tmp_path / "labels.json").read_text()) == labels
     for name, text in labels.items():
         assert data.MIN_LENGTH <= len(text) <= data.MAX_LENGTH and set(text) <= set(data.CODE_CHARSET)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TESTS, RunningServer, wait_until
+from serving.jobs import db as jobs_db
 from serving.jobs.db import JobDB
 from serving.ownership import ANONYMOUS
 from serving.auth import User
@@ -17,7 +18,8 @@ from serving.client import Client
 from serving.proto import mvp_pb2, mvp_pb2_grpc
 from serving.proto import store_pb2 as spb
 from serving.proto import store_pb2_grpc as spb_grpc
-from serving.store import Store, put_dataset
+from serving.store import Store, StoreError, put_dataset
+from serving.store import db as store_db
 from serving.synth.dataset import make_split
 
 ADMIN, BOB, CAROL = "adm-1e2d3c4b5a6978f0e1d2", "bob-0a1b2c3d4e5f60718293", "car-9f8e7d6c5b4a39281706"
@@ -271,15 +273,17 @@ def test_databases_of_the_previous_schema_are_migrated(tmp_path):
         assert jobs.integrity_check() == []
     finally:
         jobs.close()
-    for name in ("store.sqlite3", "jobs.sqlite3"):
+    # Both now carry the current schema version (the store's was 1 before, the jobs' 0).
+    for name, version in (("store.sqlite3", store_db.SCHEMA_VERSION), ("jobs.sqlite3", jobs_db.SCHEMA_VERSION)):
         with sqlite3.connect(tmp_path / name) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == version, name
     # Opening again is a no-op; a database of a newer version is refused rather than misread.
     Store(tmp_path).close()
     with sqlite3.connect(tmp_path / "store.sqlite3") as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(Exception, match="newer than this version"):
+    with pytest.raises(StoreError, match="has schema version 99, newer than this version") as refused:
         Store(tmp_path)
+    assert refused.value.code == 500
 
 
 def test_store_views_write_as_and_read_for_their_user(tmp_path):
@@ -287,7 +291,13 @@ def test_store_views_write_as_and_read_for_their_user(tmp_path):
         bob, carol = store.for_user(User("bob")), store.for_user(User("carol"))
         image = bob.put_image(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes())
         assert [r.id for r in bob.list()] == [image] and carol.list() == []
-        with pytest.raises(Exception, match=f"no document with id {image}"):
-            carol.read_blob(image)
-        with pytest.raises(Exception, match="unknown id"):
-            carol.put_json({"x": 1}, refs=[image])  # cannot link to what it cannot see
+        # bob's image answers carol exactly as an id nobody holds does.
+        for call in (carol.read_blob, lambda doc_id: carol.put_json({"x": 1}, refs=[doc_id])):
+            answers = []
+            for doc_id in (image, UNKNOWN_ID):
+                with pytest.raises(StoreError) as refused:
+                    call(doc_id)
+                answers.append((refused.value.code, refused.value.message.replace(doc_id, "ID")))
+            assert answers[0] == answers[1] and answers[0][0] == 404, answers
+        assert answers[0][1] == "document refers to unknown id ID"  # cannot link to what it cannot see
+        assert bob.read_blob(image) and [r.id for r in carol.list()] == []

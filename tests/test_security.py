@@ -249,9 +249,11 @@ def test_clients_send_the_token(auth_server):
         [result] = client.infer({"attribute": {}})
         assert result["app"] == "probe"
     with client_for(auth_server) as client:
-        assert client.infer({"attribute": {}})["code"] == 401
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as refused:
             client.apps()
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert dict(refused.value.trailing_metadata())[CODE_METADATA_KEY] == "401"
+        assert client.infer({"attribute": {}})["code"] == 401
 
     async def async_calls():
         host, port = auth_server.target.split(":")
@@ -273,7 +275,13 @@ def test_cli_token_flag_and_environment(auth_server):
     assert by_env.returncode == 0, by_env.stderr
     assert {json.loads(line)["name"] for line in by_env.stdout.splitlines()} == {"probe", "legacy_style"}
     refused = apps("--token", WRONG_TOKEN)
-    assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stderr + refused.stdout
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout
+    assert refused.stderr.startswith("serving apps: ") and refused.stderr.rstrip().endswith("(UNAUTHENTICATED)"), \
+        refused.stderr
+    # The flag wins over the environment, in both directions.
+    by_flag = apps("--token", USER_TOKEN, env={"SERVING_TOKEN": WRONG_TOKEN})
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert apps("--token", WRONG_TOKEN, env={"SERVING_TOKEN": USER_TOKEN}).returncode == 1
 
 
 def test_tokens_never_reach_the_log(auth_server):
@@ -322,7 +330,9 @@ def test_a_bad_token_file_stops_the_server(tmp_path):
     result = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--evals", str(TESTS / "apps"),
                              "--port", "0", "--auth-tokens", str(tokens)], cwd=REPO, capture_output=True, text=True,
                             timeout=30)
-    assert result.returncode != 0 and "line 1" in result.stderr and "too-short" not in result.stderr
+    assert result.returncode == 1 and "line 1" in result.stderr and "too-short" not in result.stderr
+    assert result.stderr.rstrip().endswith(f"{tokens}, line 1: a token is at least 16 printable ASCII characters")
+    assert "serving on" not in result.stdout
 
 
 def test_the_handler_sees_the_authenticated_user():

@@ -243,7 +243,7 @@ def test_a_failed_commit_leaves_no_blob(store, monkeypatch):
         raise StoreError(500, "disk on fire")
 
     monkeypatch.setattr(store, "_commit", broken_commit)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="^disk on fire$"):  # the commit was reached, and failed
         store.put_json({"a": 1})
     assert blob_files(store) == []
 
@@ -458,7 +458,8 @@ def test_a_failure_after_the_images_are_written_leaves_nothing(store, tmp_path, 
         raise StoreError(500, "simulated crash before the dataset row")
 
     monkeypatch.setattr(store, "_put_json", failing_put_json)
-    with pytest.raises(StoreError):
+    # The simulated crash itself, not an earlier refusal: the import got as far as the dataset row.
+    with pytest.raises(StoreError, match="^simulated crash before the dataset row$"):
         import_coco(store, make_coco(tmp_path), tmp_path / "images")
     assert store.list() == [] and blob_files(store) == []
     assert store.integrity_check() == []

@@ -224,6 +224,8 @@ def test_distributed_two_processes_match_one(data):
     result = train(TrainParams(max_iters=10, device_num=2, **{**TINY, "snapshot_interval": 5}),
                    train_coco, train_images, val_coco, val_images, double)
     assert result.iteration == 10 and [c[0] for c in double.checkpoints] == [5, 10]
+    # A record per snapshot from both runs: the comparison below is over both of them, not over nothing.
+    assert [r.cur_iter_num for r in single.records] == [r.cur_iter_num for r in double.records] == [5, 10]
     for one, two in zip(single.records, double.records):
         # Same data and gradient up to per-process batch-norm statistics.
         assert two.loss == pytest.approx(one.loss, rel=0.15)

@@ -154,3 +154,13 @@ def test_a_second_server_on_a_served_port_is_refused(tmp_path, first, second):
             assert "error" not in client.infer({"i": 1})[0]
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])  # TEST-NET-1: assigned to no machine
+def test_an_address_the_machine_does_not_have_stops_start_up_in_one_line(tmp_path, host):
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--host", host, "--port", "0",
+                          "--evals", str(TESTS / "apps"), "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"serving: cannot listen on {host}:0: port in use or address not available (")
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
