@@ -44,8 +44,8 @@ def build_parser():
     # (argparse converts a string default with the flag's type, so a bad SERVING_PORT fails like a bad --port).
     serve = commands.add_parser(
         "serve", help="serve the apps of an evals dir over gRPC",
-        epilog="Environment: SERVING_EVALS, SERVING_HOST, SERVING_PORT, SERVING_METRICS_PORT, SERVING_APP_NAME, "
-               "SERVING_STRICT (1/true/yes/on) and SERVING_WORKERS set the defaults of the flags; flags win.")
+        epilog="Environment: the SERVING_* variable named in a flag's help (in brackets) sets its default; flags "
+               "win. Boolean ones (SERVING_STRICT, SERVING_NO_SUPERVISE) take 1/true/yes/on.")
     serve.add_argument("--evals", default=os.environ.get("SERVING_EVALS", "evals"),
                        help="folder of app folders (or a classic evals/eval.py) [SERVING_EVALS]")
     serve.add_argument("--host", default=os.environ.get("SERVING_HOST", "0.0.0.0"), help="[SERVING_HOST]")

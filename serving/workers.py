@@ -189,18 +189,22 @@ def claim_port(host, port):
     two unrelated servers. The check binds the port once without SO_REUSEPORT (with SO_REUSEADDR, so that
     connections of an earlier server still in TIME_WAIT do not count as in use)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if port:
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+    sock = None
+    try:
+        if port:
+            with socket.socket(family) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
-            except OSError as exc:
-                raise PortUnavailable(f"cannot listen on {host}:{port}: port in use or address not available "
-                                      f"({exc.strerror})") from None
-    sock = socket.socket(family)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+        sock = socket.socket(family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:  # socket.gaierror (a host that does not resolve) included
+        if sock is not None:
+            sock.close()
+        reason = exc.strerror or str(exc)
+        raise PortUnavailable(f"cannot listen on {host}:{port}: port in use or address not available "
+                              f"({reason})") from None
     return sock
 
 
