@@ -12,7 +12,6 @@ import time
 
 import cv2
 import grpc
-import numpy as np
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
