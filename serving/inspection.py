@@ -67,16 +67,15 @@ class Inspection:
         """App `name` READY: loaded from its folder when it is not (or is FAILED), and with `reload_stuck` also when
         it is STUCK. Calls leave a STUCK app alone: it answers them 503, retryable, as any app does, and reloading
         it on a call's path would make every caller wait for a load."""
-        def serving(app):
-            state = app.effective_state if reload_stuck else app.state
-            return app is not None and state == "READY"
+        def ready(app):
+            return app is not None and (app.effective_state if reload_stuck else app.state) == "READY"
 
         app = self.registry.apps.get(name)
-        if app is not None and serving(app):
+        if ready(app):
             return app
         async with self._loading:
             app = self.registry.apps.get(name)
-            if app is not None and serving(app):
+            if ready(app):
                 return app  # loaded by the call this one waited for
             if name not in self.registry.folders():
                 raise ServingError(NOT_FOUND, f"app {name!r} is not served here (no such app folder)")
