@@ -424,6 +424,20 @@ class Supervisor:
         elif worker.ready and not worker.retire_asked:
             old.send_signal(signal.SIGTERM)  # graceful: finishes its calls in flight
             worker.retire_asked = True
+            self._check_fresh_memory(worker)
+
+    def _check_fresh_memory(self, worker):
+        """A replacement that has just said it serves uses what any fresh worker does: when that is over
+        --max-rss-mb already, replacing workers cannot bring them under it, and every replacement would start
+        another at once (a restart loop that interrupts training tasks each time). Say so, once, and replace no
+        worker for memory from then on."""
+        rss = rss_bytes(worker.proc.pid)
+        if self.max_rss_bytes and rss is not None and rss > self.max_rss_bytes:
+            log.error("worker %d (pid %d) uses %.0f MiB as it starts, over --max-rss-mb %.0f: replacing workers "
+                      "cannot bring them under it, so none is replaced for memory any more; raise --max-rss-mb "
+                      "above what a fresh worker uses", worker.index, worker.proc.pid, rss / 2**20,
+                      self.max_rss_bytes / 2**20)
+            self.max_rss_bytes = None
 
     def _check_handoff(self, worker, now):
         """Start the replacement once the old process no longer listens on the metrics port."""

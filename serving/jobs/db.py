@@ -145,8 +145,6 @@ class JobDB:
         self.path = Path(data_dir) / DB_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connections = []
-        self._lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode = WAL")
         with self._write() as conn:
@@ -173,16 +171,16 @@ class JobDB:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
             self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
         return conn
 
     def close(self):
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        """Close this thread's connection and drop the other threads', which Python closes once their threads
+        let go of them: closing one from here while its thread runs a statement on it crashes the process (see
+        serving.store.db.Store.close)."""
+        own = getattr(self._local, "conn", None)
         self._local = threading.local()
+        if own is not None:
+            own.close()
 
     class _Transaction:
         def __init__(self, conn):

@@ -15,11 +15,12 @@ image with it). The default name is `<net_model or app>_<task_id>_<iteration>`, 
 Exporting again under the same name replaces the folder and reloads the app without dropping calls in flight.
 """
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -71,28 +72,41 @@ def check_app_name(name):
     return name
 
 
-def export_in_subprocess(data_dir, evals_dir, model_id, out_dir, app_name=None):
+async def export_in_subprocess(data_dir, evals_dir, model_id, out_dir, app_name=None):
     """Run the exporting app's export hook for `model_id` in a child process, writing `out_dir`.
-    JobError with the child's reason when it fails."""
+    JobError with the child's reason when it fails.
+
+    A coroutine, so that the export ends with its caller: when the call is cancelled (the server stopping after
+    its grace, the client gone) the child is killed and waited for. Run from a thread (subprocess.run), it
+    could not be: the stopping server waited for it (up to EXPORT_TIMEOUT_S), past its grace and its
+    supervisor's patience, and a killed server left it running, writing into DATA/apps."""
     args = [sys.executable, "-m", "serving.jobs.export", "--data-dir", str(Path(data_dir).resolve()),
             "--evals", str(Path(evals_dir).resolve()), "--model-id", model_id, "--out", str(out_dir)]
     if app_name:
         args += ["--app-name", app_name]
     from serving.jobs.worker import child_environment
 
+    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=child_environment())
     try:
-        done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              env=child_environment(),
-                              timeout=EXPORT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+        _, stderr = await asyncio.wait_for(proc.communicate(), EXPORT_TIMEOUT_S)
+    except asyncio.TimeoutError:
         raise JobError(INTERNAL, f"exporting model {model_id} took longer than {EXPORT_TIMEOUT_S:.0f} s") from None
-    if done.returncode != 0:
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            # Shielded: a second cancellation must not leave the child unreaped (or running).
+            await asyncio.shield(proc.wait())
+    stderr = stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
         # The child prints "CODE: message" on its last line for a refused export; anything else is a failure.
-        last = (done.stderr.strip().splitlines() or [""])[-1]
+        last = (stderr.strip().splitlines() or [""])[-1]
         code, sep, message = last.partition(": ")
         if sep and code.isdigit():
             raise JobError(int(code), message)
-        raise JobError(INTERNAL, f"exporting model {model_id} failed: {done.stderr[-_OUTPUT_TAIL_CHARS:].strip()}")
+        raise JobError(INTERNAL, f"exporting model {model_id} failed: {stderr[-_OUTPUT_TAIL_CHARS:].strip()}")
 
 
 def replace_folder(new, target):

@@ -641,8 +641,7 @@ class JobManager:
             self._exports += 1
             staging = apps_dir / f".{name}.export-{os.getpid()}-{self._exports}"
             try:
-                await asyncio.to_thread(export_in_subprocess, self.data_dir, self.evals_dir, record.id, staging,
-                                        self.app_name)
+                await export_in_subprocess(self.data_dir, self.evals_dir, record.id, staging, self.app_name)
                 await asyncio.to_thread(write_exporter, staging, user.name)
                 await asyncio.to_thread(replace_folder, staging, apps_dir / name)
             finally:

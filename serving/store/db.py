@@ -255,7 +255,6 @@ class Store:
         self.blobs_dir = self.data_dir / BLOBS_DIR
         self._busy_timeout_s = float(busy_timeout_s)
         self._local = threading.local()
-        self._connections = []
         self._connections_lock = threading.Lock()
         self._closed = False
         try:
@@ -282,8 +281,6 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(INTERNAL, f"cannot open {self.db_path}: {exc}") from None
         self._local.conn = conn
-        with self._connections_lock:
-            self._connections.append(conn)
         return conn
 
     def _create_schema(self):
@@ -323,13 +320,18 @@ class Store:
         return view
 
     def close(self):
-        """Close every connection of this store. Use only when no thread is using it any more."""
+        """Close the store: no connection is opened after this. This thread's connection is closed now; the other
+        threads' are dropped, and Python closes each once nothing refers to it any more (SQLite connections sit in
+        a reference cycle: at the next collection after their thread let go of them). Closing them from here
+        would pull a connection out from under a thread still running a statement on it, which SQLite does not
+        allow: a server stopping while calls still wrote (--grace 0, or a call outlasting the grace) crashed
+        with SIGSEGV closing its store."""
         with self._connections_lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        own = getattr(self._local, "conn", None)
         self._local = threading.local()
+        if own is not None:
+            own.close()
 
     def __enter__(self):
         return self
