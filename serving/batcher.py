@@ -165,11 +165,14 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        # Deadlines stay armed: callers whose requests were in the interrupted net_inference call get their 504.
+        # Deadlines stay armed while a call is pending: callers whose requests were in the interrupted
+        # net_inference call get their 504. Then the timer goes (Deadlines.close).
         while self._waiting:
             self._answer(self._waiting.popleft(),
                          batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down",
                                           whole_batch=True))
+        if self._deadlines is not None:
+            self._deadlines.close()
 
     @property
     def pending(self):

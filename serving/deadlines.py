@@ -25,6 +25,7 @@ class Deadlines:
         self._emptied = 0      # cancelled cells still in the heap
         self._timer = None     # the armed loop timer, for the earliest deadline
         self._timer_at = None
+        self._closing = False  # see close()
 
     def add(self, deadline, what):
         """Register `what` for `deadline`; returns a handle for `cancel`."""
@@ -34,13 +35,31 @@ class Deadlines:
             self._arm(deadline)
         return cell
 
+    def close(self):
+        """No more registrations will come (the batcher stopped): once none is pending, the loop timer goes. An
+        armed timer holds this object and, through `expire`, its batcher, app and model, until the latest
+        deadline of calls answered long ago (a retired version's model kept alive for up to request_timeout_s
+        after a reload under load). While one is pending the timer stays: its call still gets its 504."""
+        self._closing = True
+        self._release_if_idle()
+
+    def _release_if_idle(self):
+        if self._emptied == len(self._heap):
+            self._heap = []
+            self._emptied = 0
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._timer_at = None
+
     def cancel(self, cell):
         """Forget a registration (its call was answered, or expired already); drops the reference to `what`."""
         if cell[0] is None:
             return
         cell[0] = None
         self._emptied += 1
-        if self._emptied >= _PURGE_AT and self._emptied * 2 > len(self._heap):
+        if self._closing:
+            self._release_if_idle()
+        elif self._emptied >= _PURGE_AT and self._emptied * 2 > len(self._heap):
             self._heap = [entry for entry in self._heap if entry[2][0] is not None]
             heapq.heapify(self._heap)
             self._emptied = 0
@@ -53,15 +72,18 @@ class Deadlines:
 
     def _fire(self):
         self._timer = self._timer_at = None
-        heap = self._heap
         now = self._loop.time()
-        while heap and (heap[0][2][0] is None or heap[0][0] <= now):
-            _deadline, _sequence, cell = heapq.heappop(heap)
+        # self._heap, not a local: were an expiry to cancel registrations synchronously, a closing Deadlines
+        # could swap the heap for an empty one under this loop.
+        while self._heap and (self._heap[0][2][0] is None or self._heap[0][0] <= now):
+            _deadline, _sequence, cell = heapq.heappop(self._heap)
             what = cell[0]
             if what is None:
                 self._emptied -= 1
                 continue
             cell[0] = None
             self._expire(what)
-        if heap:
-            self._arm(heap[0][0])  # also when the loop woke a hair before the deadline: it fires again
+        if self._closing:
+            self._release_if_idle()
+        if self._heap:
+            self._arm(self._heap[0][0])  # also when the loop woke a hair before the deadline: it fires again
