@@ -459,5 +459,5 @@ class AppRegistry:
             # registry that is never closed is never closed at all.
             await app.close()
             # The retired app's reference cycles (and its model) must be collectable, whenever the last reference
-            # to it goes (an armed deadline timer may hold it for request_timeout_s): the heap is not frozen again.
+            # to it goes (a call still pending holds it until its deadline): the heap is not frozen again.
             gc.unfreeze()
