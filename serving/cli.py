@@ -392,6 +392,11 @@ def main(argv=None):
     except ServingError as exc:
         print(f"serving {args.command}: {exc.message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C ends a command with one line, as the shell's convention has it (128 + SIGINT), not a traceback;
+        # what the command had stored is what it committed (the store's writes are transactions).
+        print(f"serving {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

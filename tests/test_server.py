@@ -4,6 +4,7 @@ import concurrent.futures
 import datetime
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -453,6 +454,24 @@ def test_cli_infer_prints_one_json_line_per_file(apps_server, tmp_path):
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["file"] for line in lines] == [str(f) for f in files]
     assert [line["height"] for line in lines] == [40, 64]
+
+
+def test_ctrl_c_ends_a_cli_command_with_one_line_and_status_130(fresh_metered_server, tmp_path):
+    """SIGINT (Ctrl-C) while `serving infer` waits on a slow call: no KeyboardInterrupt traceback."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not decoded by probe")
+    run = subprocess.Popen([sys.executable, "-m", "serving.cli", "infer", "--target", fresh_metered_server.target,
+                            "--app", "probe", "--params", '{"sleep_ms": 5000}', str(image)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The call is in the server's hands (it holds the probe's one image) before the interrupt.
+        assert wait_until(lambda: queue_depth(fresh_metered_server) == 1, 15, 0.01)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=15)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr
+    assert stderr.strip() == "serving infer: interrupted", stderr
 
 
 def test_sigterm_finishes_calls_in_flight_and_exits_0(fresh_metered_server):
