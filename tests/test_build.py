@@ -369,6 +369,10 @@ def test_dockerfile_conventions(device):
     assert (envs["SERVING_PORT"], envs["SERVING_METRICS_PORT"]) == ("9000", "9100")
     assert envs["PYTHONPATH"] == IMAGE_ROOT
     assert _instructions(parser, "EXPOSE") == ["9000 9100"]
+    # The server writes only under SERVING_DATA_DIR: made in the image for its user, and a volume.
+    data_dir = envs["SERVING_DATA_DIR"]
+    assert data_dir == "/data" and json.loads(_instructions(parser, "VOLUME")[-1]) == [data_dir]
+    assert f"install -d -o {users[-1]} -g {users[-1]} {data_dir}" in " ".join(_instructions(parser, "RUN"))
     assert parser.args["TORCH_VERSION"] == _torch_pin()
     runs = " ".join(_instructions(parser, "RUN"))
     assert "pip install --no-cache-dir ." in runs
@@ -383,6 +387,10 @@ def test_dockerfile_conventions(device):
         assert "python3.11" in runs and "onnxruntime-gpu" in runs and "pip uninstall -y onnxruntime" in runs
 
 
+def _data_dir_of(context):
+    return context.parent / f"{context.name}-data"
+
+
 def _image_cmd_server(context):
     """The image's CMD run directly in a context: its environment as the Dockerfile sets it, paths under the
     image root mapped to the context, the ports left to the OS."""
@@ -392,7 +400,9 @@ def _image_cmd_server(context):
     executable = Path(sys.executable).parent / command[0]
     env = {name: value.replace(IMAGE_ROOT, str(context)) for name, value in parser.envs.items()
            if name.startswith(("SERVING_", "PYTHON"))}
-    env.update(SERVING_PORT="0", SERVING_METRICS_PORT="0", SERVING_HOST="127.0.0.1")
+    # The image's data volume: a folder beside the context here (not /data of this machine).
+    env.update(SERVING_PORT="0", SERVING_METRICS_PORT="0", SERVING_HOST="127.0.0.1",
+               SERVING_DATA_DIR=str(_data_dir_of(context)))
     return RunningServer([], env=env, timeout=SERVE_TIMEOUT_S, command=[str(executable), *command[1:]],
                          cwd=context)
 
@@ -423,6 +433,16 @@ def test_image_cmd_serves_the_context(contexts):
             result = client.infer({"body": _shape_png()})
         assert "error" not in result[0], result
         assert result[0]["class"] in ("circle", "square", "triangle", "star")
+
+        # The store writes under the image's SERVING_DATA_DIR (mapped to a folder beside the context here).
+        import grpc
+
+        from serving.proto import store_pb2, store_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stored = store_pb2_grpc.StoreStub(channel).Put(store_pb2.PutRequest(kind="image", data=_shape_png()),
+                                                           timeout=30)
+        assert stored.id and (_data_dir_of(context) / "store.sqlite3").is_file()
 
         # The image's HEALTHCHECK: `serving health` on localhost:$SERVING_PORT.
         health_env = dict(server.env, SERVING_PORT=str(server.port))
@@ -464,6 +484,11 @@ def test_deployment_and_service_validate():
     assert container["resources"]["requests"] and container["resources"]["limits"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"grpc": int(env["SERVING_PORT"]), "metrics": int(env["SERVING_METRICS_PORT"])}
+    # The root filesystem is read-only: the data folder the server writes is a volume.
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    assert mounts.get(env["SERVING_DATA_DIR"]) in {volume["name"] for volume in pod["volumes"]}
     service_ports = {port["targetPort"] for port in resources["Service"]["spec"]["ports"]}
     assert service_ports <= set(ports)
     assert resources["Service"]["spec"]["selector"].items() <= \
