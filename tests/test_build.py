@@ -365,6 +365,10 @@ def test_dockerfile_conventions(device):
     healthchecks = _instructions(parser, "HEALTHCHECK")
     assert len(healthchecks) == 1 and healthchecks[0].endswith('CMD ["serving", "health"]')
     assert json.loads(parser.cmd) == ["serving", "serve"]
+    # tini as PID 1 (installed by the image): signals forwarded, orphans reaped.
+    assert _instructions(parser, "ENTRYPOINT") == ['["/usr/bin/tini", "--"]']
+    runs = " ".join(_instructions(parser, "RUN"))
+    assert re.search(r"apt-get install -y --no-install-recommends [\w.\- ]*\btini\b", runs)
     envs = parser.envs
     assert (envs["SERVING_PORT"], envs["SERVING_METRICS_PORT"]) == ("9000", "9100")
     assert envs["PYTHONPATH"] == IMAGE_ROOT
@@ -372,9 +376,8 @@ def test_dockerfile_conventions(device):
     # The server writes only under SERVING_DATA_DIR: made in the image for its user, and a volume.
     data_dir = envs["SERVING_DATA_DIR"]
     assert data_dir == "/data" and json.loads(_instructions(parser, "VOLUME")[-1]) == [data_dir]
-    assert f"install -d -o {users[-1]} -g {users[-1]} {data_dir}" in " ".join(_instructions(parser, "RUN"))
+    assert f"install -d -o {users[-1]} -g {users[-1]} {data_dir}" in runs
     assert parser.args["TORCH_VERSION"] == _torch_pin()
-    runs = " ".join(_instructions(parser, "RUN"))
     assert "pip install --no-cache-dir ." in runs
     # rapidocr-onnxruntime's opencv-python (the GUI build, needing libGL) is swapped for the headless build.
     assert re.search(r"pip uninstall -y [\w -]*\bopencv-python\b", runs) and '"opencv-python-headless==' in runs
