@@ -387,7 +387,9 @@ def test_dockerfile_conventions(device):
     else:
         assert re.match(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu22\.04$", parser.baseimage)
         assert re.search(r"download\.pytorch\.org/whl/cu\d+$", parser.args["TORCH_INDEX"])
-        assert "python3.11" in runs and "onnxruntime-gpu" in runs and "pip uninstall -y onnxruntime" in runs
+        assert "python3.11" in runs and "pip uninstall -y onnxruntime" in runs
+        # onnxruntime-gpu pinned to the onnxruntime version pip resolved (not whatever PyPI has newest).
+        assert '"onnxruntime-gpu==${ort_version}"' in runs and 'ort_version="$(python -c' in runs
 
 
 def _data_dir_of(context):
