@@ -6,21 +6,21 @@
         monitor_rt_load, monitor_rt_forward, monitor_rt_post
     from evals.utils import *
     from evals.utils.error import *
-    from evals.utils import error as _error
-from evals.utils import helpers as _helpers
-from evals.utils.image import load_image
+    from evals.utils.image import load_image
     from evals.utils.logger import logger
 
 Modules: :mod:`~evals.utils.handlers` (the decorators), :mod:`~evals.utils.context` (``CTX``),
 :mod:`~evals.utils.error` (error classes), :mod:`~evals.utils.image` (``load_image``; ``square_bgr``, an
 image as the square BGR array a network's preprocessing starts from),
 :mod:`~evals.utils.logger` (``logger``), :mod:`~evals.utils.monitor` (response-time histograms),
-:mod:`~evals.utils.helpers` (config and file helpers), :mod:`~evals.utils.request` (``request_images``).
+:mod:`~evals.utils.helpers` (config and file helpers), :mod:`~evals.utils.request` (``request_images``, and
+``RequestData``: a request's ``data``, in which ``uri``, ``body`` and ``attribute`` read as None when not sent).
 
 ``from evals.utils import *`` gives the decorators, ``CTX``, every error class, the helpers, the monitor
-functions, ``request_images``, ``load_image`` and ``logger``. It also gives the standard modules the old package leaked through
-its star import (``csv``, ``functools``, ``json``, ``logging``, ``os``, ``threading``, ``traceback``) and its
-Prometheus names, because existing scripts call e.g. ``traceback.format_exc()`` without importing it.
+functions, ``request_images``, ``load_image`` and ``logger``. It also gives the standard modules the old package
+leaked through its star import (``csv``, ``functools``, ``json``, ``logging``, ``os``, ``threading``,
+``traceback``) and its Prometheus names, because existing scripts call e.g. ``traceback.format_exc()`` without
+importing it.
 
 Importing this package is cheap: OpenCV is imported on the first ``load_image`` call and the histogram is
 created on the first ``monitor_rt_*`` call.

@@ -35,6 +35,10 @@ Context: see :mod:`evals.utils.context`. The runtime sets ``CTX.app`` and ``CTX.
 the old host did) to every dict ret, merging into the ret's ``"header"`` dict and never replacing an
 ``X-Origin-A`` the script set itself. An iterator of rets (Python 3 ``map(...)`` where old code relied on
 Python 2's list) is turned into a list.
+
+``net_preprocess_handler`` and ``net_inference_handler`` make each request's ``data`` (each image's, for a
+multi-image request) a :class:`~evals.utils.request.RequestData`: ``data["uri"]``, ``data["body"]`` and
+``data["attribute"]`` read as None when the caller did not send them, as old scripts that index them expect.
 """
 
 import functools
@@ -42,6 +46,7 @@ import logging
 
 from evals.utils.context import CTX, bind_logger, current_app
 from evals.utils.error import ErrorBase
+from evals.utils.request import with_data_keys
 
 __all__ = ["create_net_handler", "net_preprocess_handler", "net_inference_handler", "origin_header_value"]
 
@@ -118,6 +123,7 @@ def net_preprocess_handler(func):
     @functools.wraps(func)
     def wrapper(model, request, *args, **kwargs):
         bind_logger()
+        with_data_keys(request)
         return _call(func, "net_preprocess", request, (model, request) + args, kwargs)
 
     return wrapper
@@ -138,6 +144,9 @@ def net_inference_handler(func):
     @functools.wraps(func)
     def wrapper(model, requests, *args, **kwargs):
         bind_logger()
+        if isinstance(requests, list):
+            for request in requests:
+                with_data_keys(request)
         rets, code, message = _call(func, "net_inference", None, (model, requests) + args, kwargs)
         if rets is None or isinstance(rets, (dict, str, bytes, bytearray)):
             return rets, code, message

@@ -10,9 +10,46 @@ functions: the image dicts of a request, single or multi-image, checked::
 
 from evals.utils.error import ErrorBase, ErrorOutOfBatchSize
 
-__all__ = ["request_images"]
+__all__ = ["request_images", "RequestData", "with_data_keys"]
 
 BAD_REQUEST = 400
+
+#: The keys of an image's data that every request has, as the old host always filled them.
+DATA_KEYS = ("uri", "body", "attribute")
+
+
+class RequestData(dict):
+    """One image's ``data`` of a request: a dict in which ``uri``, ``body`` and ``attribute`` read as None when the
+    caller did not send them.
+
+    Eval scripts written for the old host index them directly (``load_image(req["data"]["uri"],
+    body=req["data"]["body"])``): the interface they were written against gives every request all three. They
+    are not added as keys, so ``in``, iteration, ``len``, equality and JSON see only what was sent; any other
+    missing key is still a KeyError.
+    """
+
+    __slots__ = ()
+
+    def __missing__(self, key):
+        if key in DATA_KEYS:
+            return None
+        raise KeyError(key)
+
+
+def with_data_keys(request):
+    """Make `request`'s ``data`` (a dict, or a list of dicts for a multi-image request) :class:`RequestData`, in
+    place; returns `request`. Anything that is not such a request is left as it is."""
+    if not isinstance(request, dict):
+        return request
+    data = request.get("data")
+    if isinstance(data, dict):
+        if not isinstance(data, RequestData):
+            request["data"] = RequestData(data)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            if isinstance(item, dict) and not isinstance(item, RequestData):
+                data[i] = RequestData(item)
+    return request
 
 
 def request_images(request, batch_size=None):
