@@ -388,7 +388,9 @@ def main(argv=None):
         command = {"serve": cmd_serve, "infer": cmd_infer, "test": cmd_test, "apps": cmd_apps,
                    "health": cmd_health, "build": cmd_build}[args.command]
     try:
-        return command(args)
+        status = command(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone before the last write is then handled below
+        return status
     except ServingError as exc:
         print(f"serving {args.command}: {exc.message}", file=sys.stderr)
         return 2
@@ -397,6 +399,11 @@ def main(argv=None):
         # what the command had stored is what it committed (the store's writes are transactions).
         print(f"serving {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`serving apps | head`): stop quietly, as Unix tools do (128 + SIGPIPE).
+        # stdout is pointed at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

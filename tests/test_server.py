@@ -581,3 +581,12 @@ def test_a_metrics_port_in_use_stops_start_up_with_a_message_naming_it(tmp_path)
         metrics_port = taken.getsockname()[1]
         last = serve_fails(tmp_path, "--port", str(grpc_port), "--metrics-port", str(metrics_port))
     assert last.startswith(f"serving: cannot serve metrics on 127.0.0.1:{metrics_port}: port in use"), last
+
+
+def test_a_cli_command_whose_reader_goes_away_stops_quietly(apps_server):
+    """`serving apps | true`: the reader has gone when the command writes; no BrokenPipeError traceback, and the
+    status of a process killed by SIGPIPE (141), as Unix tools end."""
+    command = f"{sys.executable} -m serving.cli apps --target {apps_server.target} | true; echo ${{PIPESTATUS[0]}}"
+    run = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "141", run.stdout + run.stderr
+    assert run.stderr == "", run.stderr
