@@ -35,9 +35,20 @@ from serving.errors import BAD_REQUEST, ServingError
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _installed_version():
+    """The version pip installed (setup.cfg's), or "unknown" when run from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("serving")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"serving {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     # In a container the flags come from the environment: each SERVING_* variable is the default of its flag

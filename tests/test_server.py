@@ -590,3 +590,13 @@ def test_a_cli_command_whose_reader_goes_away_stops_quietly(apps_server):
     run = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "141", run.stdout + run.stderr
     assert run.stderr == "", run.stderr
+
+
+def test_cli_version_is_the_installed_one():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "--version"], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 0 and run.stdout.strip() == f"serving {config['metadata']['version']}", run
