@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ import sys
 from pathlib import Path
 
 from serving.jobs.codes import BAD_PARAMS, CONFLICT, INTERNAL, NO_TRAINER, JobError
+
+log = logging.getLogger("serving.jobs")
 
 EXPORTED_APPS_DIR = "apps"
 EXPORT_TIMEOUT_S = 300.0
@@ -106,7 +109,12 @@ async def export_in_subprocess(data_dir, evals_dir, model_id, out_dir, app_name=
         code, sep, message = last.partition(": ")
         if sep and code.isdigit():
             raise JobError(int(code), message)
-        raise JobError(INTERNAL, f"exporting model {model_id} failed: {stderr[-_OUTPUT_TAIL_CHARS:].strip()}")
+        # The child's traceback names files of this server: it goes to the server's log, and the caller gets the
+        # exception's own line only (any token user can upload a "model" document that makes an export fail).
+        tail = stderr[-_OUTPUT_TAIL_CHARS:].strip()
+        log.warning("exporting model %s failed:\n%s", model_id, tail)
+        raise JobError(INTERNAL, f"exporting model {model_id} failed: {last or 'no message'} (the server log has "
+                                 "the details)")
 
 
 def replace_folder(new, target):
@@ -152,7 +160,7 @@ def export_model_folder(data_dir, evals_dir, model_id, out_dir, classic_name=Non
         out.mkdir(parents=True, exist_ok=True)
         hook(store.read_blob(record.id), dict(record.meta), out)
         if not (out / "eval.py").is_file():
-            raise JobError(INTERNAL, f"app {app}'s export() wrote no eval.py into {out}")
+            raise JobError(INTERNAL, f"app {app}'s export() wrote no eval.py into its app folder")
 
 
 def main(argv=None):

@@ -631,7 +631,8 @@ class JobManager:
             for other, (folder, package) in self.registry.folders().items():
                 mine = other == name and folder.parent == apps_dir.resolve()
                 if not mine and (other == name or package == module_name_for(name)):
-                    raise JobError(CONFLICT, f"app name {name!r} is taken by the app folder {folder}")
+                    # Not the folder's path: callers need not learn where the server keeps its apps.
+                    raise JobError(CONFLICT, f"app name {name!r} is taken by an app of the server's evals dir")
         async with self._exporting:
             # Under the lock: two exports to one name are decided one after the other.
             exporter = await asyncio.to_thread(read_exporter, apps_dir / name)

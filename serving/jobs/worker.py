@@ -184,7 +184,8 @@ def import_app(evals_dir, app, classic_name):
         if name == app:
             _add_to_evals_path(Path(evals_dir).resolve())
             return folder, import_eval_module(folder, package)
-    raise JobError(NO_TRAINER, f"no app folder {app!r} in {evals_dir}")
+    # No path: this message reaches callers (model_export of a "model" document whose meta names no app).
+    raise JobError(NO_TRAINER, f"no app folder {app!r} in the server's evals dir")
 
 
 def _finish_test(job, detections):

@@ -35,10 +35,25 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class _Problems(list):
+    """The problems found in a document: the first MAX_REPORTED_PROBLEMS kept, the others only counted. A 1 MiB
+    dataset of 350,000 empty annotations has 1.4 million problems; kept as text they took 180 MB of the
+    server's memory and a second of its time for a message that shows ten of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def append(self, problem):
+        self.total += 1
+        if len(self) < MAX_REPORTED_PROBLEMS:
+            super().append(problem)
+
+
 def _invalid(what, problems):
     """The StoreError 400 that lists `problems` (the first MAX_REPORTED_PROBLEMS of them)."""
     shown = "; ".join(problems[:MAX_REPORTED_PROBLEMS])
-    more = len(problems) - MAX_REPORTED_PROBLEMS
+    more = getattr(problems, "total", len(problems)) - MAX_REPORTED_PROBLEMS
     if more > 0:
         shown += f"; and {more} more problem{'s' if more > 1 else ''}"
     return StoreError(BAD_REQUEST, f"{what} is invalid: {shown}")
@@ -185,7 +200,7 @@ def validate_coco(doc, store=None, what="dataset"):
     if not isinstance(doc, dict):
         raise StoreError(BAD_REQUEST, f"{what} is invalid: a COCO document is a JSON object, "
                                       f"got {type(doc).__name__}")
-    problems = []
+    problems = _Problems()
     images = doc.get("images")
     categories = doc.get("categories")
     annotations = doc.get("annotations", [])
@@ -278,7 +293,7 @@ def import_coco(store, coco_path, images_dir):
     if not isinstance(images, list):
         validate_coco(coco, store, what=str(coco_path))  # raises: the message says what the structure lacks
         raise StoreError(BAD_REQUEST, f"{coco_path} is invalid: 'images' must be a list")
-    problems = []
+    problems = _Problems()
     new_images = []
     store_ids = {}  # position in images -> store id of a newly stored file
     stored_files = {}  # resolved path -> (store id, width, height): one document per file
