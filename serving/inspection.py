@@ -16,7 +16,8 @@ They are ordinary calls of the built-in apps, through the same DataPlane and bat
 Decisions: the server loads every app of its evals dir at start, so the built-in apps are ready before the first
 call and ``initial_defect_task`` is a check; an app that is not loaded (unloaded through the KServe repository
 API, say) is loaded on first use by ocr/detect. An arbitrary folder path is never loaded: that would let any
-caller run code of its choosing.
+caller run code of its choosing. With tokens, loading an app (here as through KServe's RepositoryModelLoad) needs
+an admin: a plain user's call on an app that is not loaded (or FAILED, or STUCK) is 403.
 
 Errors are ServingErrors with the runtime's codes: 400 a malformed id, a document that is not an image,
 ``image_view_num`` that disagrees with the views, no views, a repeated view id, a view image that does not
@@ -27,7 +28,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from serving.errors import BAD_REQUEST, NOT_FOUND, ServingError
+from serving.auth import current_user
+from serving.errors import BAD_REQUEST, FORBIDDEN, NOT_FOUND, ServingError
 from serving.ownership import caller
 
 OCR_APP = "mvi_ocr"
@@ -79,6 +81,11 @@ class Inspection:
                 return app  # loaded by the call this one waited for
             if name not in self.registry.folders():
                 raise ServingError(NOT_FOUND, f"app {name!r} is not served here (no such app folder)")
+            # A load changes what every caller is served, as KServe's RepositoryModelLoad does: with tokens, an
+            # admin's call only (a plain user must not bring back an app an admin unloaded).
+            user = current_user()
+            if user is not None and not user.admin:
+                raise ServingError(FORBIDDEN, f"app {name!r} is not loaded, and loading it needs an admin token")
             return await self.registry.load_app(name)
 
     async def initialize(self, device_num, names):

@@ -20,6 +20,7 @@ from serving.client import AsyncClient, Client
 from serving.errors import CODE_METADATA_KEY
 from serving.proto import inference_pb2 as pb
 from serving.proto import inference_pb2_grpc as pb_grpc
+from serving.proto import mvp_pb2, mvp_pb2_grpc
 
 x509 = pytest.importorskip("cryptography.x509")
 tc = pytest.importorskip("tritonclient.grpc")
@@ -487,4 +488,27 @@ def test_with_tokens_only_an_admin_loads_and_unloads_apps(auth_server):
             assert "needs an admin token" in info.value.message()
         assert triton.is_model_ready("legacy_style", headers=user)  # refused: nothing changed
         triton.load_model("legacy_style", headers=admin)  # reloads it
+        assert triton.is_model_ready("legacy_style", headers=user)
+
+
+def test_with_tokens_mvi_calls_load_an_unloaded_app_for_an_admin_only(auth_server):
+    """initial_defect_task loads what is not loaded: with tokens that is an admin's call, as RepositoryModelLoad
+    is, so a plain user cannot bring back an app an admin unloaded."""
+    user, admin = ({"authorization": f"Bearer {token}"} for token in (USER_TOKEN, ADMIN_TOKEN))
+    with tc.InferenceServerClient(auth_server.target) as triton, auth_server.channel() as channel:
+        mvi = mvp_pb2_grpc.FormatDataStub(channel)
+
+        def initialize(headers):
+            return mvi.initial_defect_task(mvp_pb2.InitialParam(device_num=1, model_path_lst=["legacy_style"]),
+                                           metadata=tuple(headers.items()), timeout=30)
+
+        assert initialize(user).res_code == 0  # loaded already: a check, allowed to anyone
+        triton.unload_model("legacy_style", headers=admin)
+        try:
+            res = initialize(user)
+            assert res.res_code == 403 and "needs an admin token" in res.res_msg, res
+            assert not triton.is_model_ready("legacy_style", headers=admin)
+        finally:
+            res = initialize(admin)
+        assert (res.res_code, res.res_msg) == (0, "OK: legacy_style ready")
         assert triton.is_model_ready("legacy_style", headers=user)
