@@ -29,6 +29,17 @@ call succeeds and `code` says which instances failed, even when each of them fai
 NOT_FOUND. Malformed request: INVALID_ARGUMENT naming what is wrong. Details longer than
 `serving.errors.MAX_DETAILS_CHARS` are cut, and the request id in trailing metadata is escaped to printable ASCII.
 
+Triton extensions not implemented (ServerMetadata lists the ones that are): shared memory (a
+`shared_memory_region`/`_byte_size`/`_offset` parameter on an input or a requested output, and the
+SystemSharedMemory*/CudaSharedMemory* RPCs) and `classification` on a requested output are UNIMPLEMENTED naming
+what is not supported, never ignored (ignored, a client would read its own region, or a raw tensor, as the
+answer); TraceSetting and LogSettings are UNIMPLEMENTED saying what to use instead. A `timeout` parameter that is
+not an integer number of microseconds >= 0 is INVALID_ARGUMENT (as Triton answers): a deadline is never dropped
+silently. `binary_data`, `binary_data_output` (HTTP-only in Triton), `priority` and the sequence parameters change
+nothing here beyond reaching the eval in `params`: there is no priority queue and no sequence batcher. Every
+ModelStreamInfer answer is marked `triton_final_response: true`: each request has exactly one answer, as from a
+Triton model that is not decoupled, so clients that read until that flag finish.
+
 Metadata. Python evals declare no tensors, so ModelMetadata and ModelConfig report the inputs `body`, `uri`,
 `attribute` (BYTES) and the outputs `code` (INT32) and `message` (BYTES), all of one element per instance
 (metadata shape [-1]; config dims [] under max_batch_size = the app's batch_size), platform "serving-python";
@@ -55,7 +66,7 @@ from serving.codec import MAX_INSTANCES_PER_CALL, parse_json
 from serving.dataplane import new_request_id
 from serving.auth import current_user
 from serving.errors import (BAD_REQUEST, FORBIDDEN, INTERNAL, MAX_DETAILS_CHARS, MAX_REQUEST_ID_CHARS, NOT_FOUND,
-                            PAYLOAD_TOO_LARGE, ServingError, abort_with, cut_details)
+                            NOT_IMPLEMENTED, PAYLOAD_TOO_LARGE, ServingError, abort_with, cut_details)
 from serving.proto import kserve_pb2 as pb
 
 log = logging.getLogger("serving.kserve")
@@ -92,6 +103,7 @@ MAX_STREAM_BYTES = 64 * 2**20
 # The most dimensions of an input's shape, and elements its non-zero dimensions may span.
 MAX_DIMENSIONS = 32
 MAX_ELEMENTS = 2**40
+_FINAL_RESPONSE = "triton_final_response"
 _LENGTH = struct.Struct("<I")
 _NULL = b"null"
 
@@ -224,11 +236,41 @@ def request_params(request):
     return params
 
 
+# Tensor parameters of Triton extensions this server does not implement: refused, since ignoring them answers
+# wrongly (the client reads its shared-memory region, or expects classification strings, as the result).
+_SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_NO_SHARED_MEMORY = ("shared memory is not supported by this server (no system_shared_memory or "
+                     "cuda_shared_memory extension in ServerMetadata)")
+
+
+def refuse_unsupported_tensor_parameters(request):
+    """ServingError 501 naming the tensor and parameter when an input or requested output asks for shared memory
+    or (outputs) classification."""
+    for tensor in request.inputs:
+        if tensor.parameters:
+            for key in _SHARED_MEMORY_PARAMETERS:
+                if key in tensor.parameters:
+                    raise ServingError(NOT_IMPLEMENTED, f"input {tensor.name!r}: parameter {key!r}: "
+                                                        f"{_NO_SHARED_MEMORY}; send its data in raw_input_contents")
+    for output in request.outputs:
+        if output.parameters:
+            for key in _SHARED_MEMORY_PARAMETERS:
+                if key in output.parameters:
+                    raise ServingError(NOT_IMPLEMENTED, f"output {output.name!r}: parameter {key!r}: "
+                                                        f"{_NO_SHARED_MEMORY}; leave it out to receive the output in "
+                                                        "raw_output_contents")
+            if "classification" in output.parameters:
+                raise ServingError(NOT_IMPLEMENTED, f"output {output.name!r}: parameter 'classification': the "
+                                                    "classification extension is not supported by this server; "
+                                                    "request the output without it and rank its values yourself")
+
+
 def request_to_eval_requests(request):
     """The N eval requests `{"data": ..., "params": ...}` of a ModelInferRequest, one per instance."""
     inputs = request.inputs
     if not inputs:
         raise ServingError(BAD_REQUEST, "the request holds no inputs")
+    refuse_unsupported_tensor_parameters(request)
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(inputs):
         raise ServingError(BAD_REQUEST, f"{len(inputs)} inputs but {len(raw_contents)} "
@@ -266,11 +308,16 @@ def request_to_eval_requests(request):
 
 
 def request_timeout_s(request, context):
-    """The caller's remaining time: the gRPC deadline, capped by a `timeout` parameter in microseconds."""
+    """The caller's remaining time: the gRPC deadline, capped by a `timeout` parameter in microseconds (0: none,
+    as in Triton). ServingError 400 for a `timeout` of another type or below 0, which Triton refuses too."""
     remaining = context.time_remaining()
-    timeout = request.parameters.get("timeout")
-    if timeout is not None and timeout.WhichOneof("parameter_choice") in ("int64_param", "uint64_param"):
+    timeout = request.parameters.get("timeout") if request.parameters else None
+    if timeout is not None:
+        kind = timeout.WhichOneof("parameter_choice")
         micros = _parameter_value(timeout)
+        if kind not in ("int64_param", "uint64_param") or micros < 0:
+            raise ServingError(BAD_REQUEST, "parameter 'timeout' must be an int64_param of microseconds >= 0 "
+                                            f"(0: no timeout), got {kind or 'no value'} {repr(micros)[:40]}")
         if micros > 0:
             remaining = micros / 1e6 if remaining is None else min(remaining, micros / 1e6)
     return remaining
@@ -581,18 +628,21 @@ class KServeServicer:
     async def _stream_answer(self, request, context):
         # Error answers echo what the caller sent cut as unary errors are: one must never pass the send limit,
         # which would end the whole stream.
+        # Every answer is its request's last (`triton_final_response`, see the module docstring).
         request_id = request.id[:MAX_REQUEST_ID_CHARS]
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            answer = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
         except ServingError as exc:
-            return pb.ModelStreamInferResponse(
+            answer = pb.ModelStreamInferResponse(
                 error_message=cut_details(f"[{exc.code}] {exc.message}"),
                 infer_response=pb.ModelInferResponse(model_name=request.model_name[:MAX_DETAILS_CHARS],
                                                      id=request_id))
         except Exception:
             log.exception("[%s] ModelStreamInfer request failed", request_id)
-            return pb.ModelStreamInferResponse(error_message=f"[{INTERNAL}] internal error",
-                                               infer_response=pb.ModelInferResponse(id=request_id))
+            answer = pb.ModelStreamInferResponse(error_message=f"[{INTERNAL}] internal error",
+                                                 infer_response=pb.ModelInferResponse(id=request_id))
+        answer.infer_response.parameters[_FINAL_RESPONSE].bool_param = True
+        return answer
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Each request is answered by one response, in the order answers are ready (match them by `id`):
@@ -754,6 +804,27 @@ _UNARY = {
 }
 
 
+# Triton RPCs of extensions not implemented here, answered UNIMPLEMENTED with the reason rather than gRPC's bare
+# "Method not found!" (tritonclient calls the shared-memory ones in its examples' set-up and clean-up).
+_SHARED_MEMORY_REFUSAL = (f"{_NO_SHARED_MEMORY}: send tensors in raw_input_contents and read outputs from "
+                          "raw_output_contents")
+_UNSUPPORTED = {
+    **{f"{kind}SharedMemory{call}": _SHARED_MEMORY_REFUSAL
+       for kind in ("System", "Cuda") for call in ("Status", "Register", "Unregister")},
+    "TraceSetting": "trace settings are not supported by this server: it keeps no traces; see its Prometheus "
+                    "metrics and its log (a request's id is logged with its failures)",
+    "LogSettings": "log settings are not supported by this server: its log level is set when it starts "
+                   "(`serving --log-level`)",
+}
+
+
+def _unsupported_handler(message):
+    async def refuse(request, context):
+        await abort_with(context, NOT_IMPLEMENTED, message)
+    # No deserializer: the request is not read (its message types are not in protos/kserve.proto).
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 def add_kserve_servicer_to_server(dataplane, server, started):
     """Serve `inference.GRPCInferenceService` on `server`. The handlers are registered under the published
     service name by hand because the messages live in their own proto package (see protos/kserve.proto)."""
@@ -766,6 +837,8 @@ def add_kserve_servicer_to_server(dataplane, server, started):
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
         servicer.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
         response_serializer=_serialize)
+    for name, message in _UNSUPPORTED.items():
+        handlers[name] = _unsupported_handler(message)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KSERVE_SERVICE, handlers),))
     return servicer
 
