@@ -26,19 +26,16 @@ import pytest
 tc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 
-from conftest import TESTS, RunningServer  # noqa: E402
+
+@pytest.fixture(scope="module")
+def server(apps_server):
+    """conftest's server of tests/apps."""
+    return apps_server
 
 
 @pytest.fixture(scope="module")
-def server():
-    running = RunningServer(["--evals", str(TESTS / "apps")])
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with tc.InferenceServerClient(server.target) as triton:
+def client(apps_server):
+    with tc.InferenceServerClient(apps_server.target) as triton:
         yield triton
 
 

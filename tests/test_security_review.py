@@ -10,7 +10,6 @@ import json
 import textwrap
 import tracemalloc
 
-import grpc
 import pytest
 
 from conftest import REPO, RunningServer

@@ -5,7 +5,6 @@ is stopped after METRICS_HANDOFF_S and replaced by one that exports metrics on t
 The app, tests/apps_supervision/fragile, ends its process (os._exit), leaks, or ignores the supervisor's
 "release your metrics port" signal, on request."""
 import time
-import urllib.request
 
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import TESTS, RunningServer, wait_until
 from serving.client import Client, Failure
 from serving.workers import METRICS_HANDOFF_S
+from test_workers import free_port, scrape
 
 APPS = TESTS / "apps_supervision"
 TIMEOUT = 10
@@ -40,18 +40,6 @@ def overall_health(server):
     with server.channel() as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def scrape(port):
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
 def gone(pid):

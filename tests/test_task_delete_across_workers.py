@@ -8,27 +8,16 @@ import json
 import sqlite3
 import time
 
-import cv2
 import grpc
 import psutil
 
 from conftest import TESTS, RunningServer, wait_until
 from serving import codec
 from serving.proto import inference_pb2_grpc, mvp_pb2, mvp_pb2_grpc
-from serving.store import Store, put_dataset
-from serving.synth.dataset import make_split
+from test_jobs import _make_dataset  # noqa: E402  (one stored synthetic dataset, as test_jobs makes it)
 
 TIMEOUT = 10
 TASK = 931
-
-
-def _make_dataset(data_dir, n, seed):
-    images, coco = make_split(n, seed, size=64)
-    with Store(data_dir) as store:
-        for meta, image in zip(coco["images"], images):
-            ok, png = cv2.imencode(".png", image)
-            meta["store_id"] = store.put_image(png.tobytes())
-        return put_dataset(store, coco)
 
 
 def _serving_pid(channel):
