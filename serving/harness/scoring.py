@@ -144,11 +144,13 @@ def normalize_coco(dataset, source="<memory>"):
     for image in dataset["images"]:
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise ValueError(f"{source}: every COCO image needs 'id' and 'file_name': {image!r}")
+        _check_coco_id(image["id"], "image", source)
         images.append({**image, "file_name": normalize_name(image["file_name"])})
     categories = []
     for category in dataset["categories"]:
         if not isinstance(category, dict) or "id" not in category or "name" not in category:
             raise ValueError(f"{source}: every COCO category needs 'id' and 'name': {category!r}")
+        _check_coco_id(category["id"], "category", source)
         categories.append(dict(category))
     given_ids = [a["id"] for a in dataset["annotations"] if isinstance(a, dict) and "id" in a]
     next_id = max((i for i in given_ids if isinstance(i, int)), default=0) + 1
@@ -159,6 +161,10 @@ def normalize_coco(dataset, source="<memory>"):
         bbox = annotation.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"{source}: COCO annotation bbox must be [x, y, width, height]: {annotation!r}")
+        if not all(_is_number(v) for v in bbox):
+            raise ValueError(f"{source}: COCO annotation bbox must hold four finite numbers: {annotation!r}")
+        _check_coco_id(annotation["image_id"], "annotation image_id", source)
+        _check_coco_id(annotation["category_id"], "annotation category_id", source)
         filled = {**annotation, "bbox": [float(v) for v in bbox]}
         filled.setdefault("iscrowd", 0)
         filled.setdefault("area", filled["bbox"][2] * filled["bbox"][3])
@@ -167,6 +173,16 @@ def normalize_coco(dataset, source="<memory>"):
             next_id += 1
         annotations.append(filled)
     return {**dataset, "images": images, "annotations": annotations, "categories": categories}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_coco_id(value, what, source):
+    """COCO ids are integers (pycocotools indexes and sorts them); anything else fails later, after the run."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{source}: a COCO {what} id must be an integer, not {value!r}")
 
 
 def match_names(run_names, label_names):

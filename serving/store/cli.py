@@ -233,9 +233,13 @@ def cmd_dataset_synth(args):
 
     if args.n < 3:
         raise StoreError(BAD_REQUEST, f"--n must be at least 3 (one image per split), got {args.n}")
+    try:
+        splits = make_splits(args.n, args.seed, test_surfaces=args.test_surfaces)
+    except ValueError as exc:  # an unknown --test-surfaces: a usage mistake, not a crash
+        raise StoreError(BAD_REQUEST, f"--test-surfaces: {exc}") from None
     ids = {}
     with _open(args) as store:
-        for split, (images, coco) in make_splits(args.n, args.seed, test_surfaces=args.test_surfaces).items():
+        for split, (images, coco) in splits.items():
             encoded = [cv2.imencode(".png", image)[1].tobytes() for image in images]
             ids[split] = put_image_dataset(store, encoded, coco,
                                            meta={"source": "synth", "split": split, "seed": args.seed})
