@@ -321,11 +321,17 @@ class AppRegistry:
                 found.append((name, folder, package))
         return found
 
-    async def load_all(self, strict=False, skip=None):
+    async def load_all(self, strict=False, skip=None, only=None):
         """Load every app of the evals dir (and extra dirs); with `strict`, the first FAILED app raises
         ConfigError. Apps named in `skip` ({name: reason}, the supervisor's quarantine) are not loaded: FAILED
-        with that reason."""
+        with that reason. `only` (an app name) loads that app alone (`serving test` in-process: the other apps'
+        create_net would cost start-up time and memory for nothing); an unknown one is a 404 naming the apps."""
         found = self._discover()
+        if only is not None:
+            if only not in {name for name, _, _ in found}:
+                known = ", ".join(sorted(name for name, _, _ in found)) or "none"
+                raise ServingError(NOT_FOUND, f"unknown app {only!r}; apps served: {known}")
+            found = [entry for entry in found if entry[0] == only]
         _add_to_evals_path(self.evals_dir)
         for name, folder, package in found:
             app = App(name, folder, package)

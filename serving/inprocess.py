@@ -11,7 +11,7 @@ from serving.errors import ServingError
 
 
 class InProcessRunner:
-    """Loads the apps of an evals dir on a private event loop thread; `infer` has the Client's interface."""
+    """Loads one app of an evals dir on a private event loop thread; `infer` has the Client's interface."""
 
     def __init__(self, evals_dir, app, *, app_name=None, method="inference", timeout=None):
         self.app = app
@@ -23,7 +23,7 @@ class InProcessRunner:
         self._thread = threading.Thread(target=self._loop.run_forever, name="inprocess-loop", daemon=True)
         self._thread.start()
         try:
-            self._call(self.registry.load_all())
+            self._call(self.registry.load_all(only=app))  # the app under test alone
             loaded = self.registry.get(app)
             if loaded.state == FAILED:
                 raise ConfigError(f"app {app} failed to load: {loaded.reason}")

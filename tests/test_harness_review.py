@@ -68,3 +68,31 @@ def test_dataset_synth_with_an_unknown_test_surface_is_exit_2_and_stores_nothing
     assert captured.err.startswith("serving dataset: --test-surfaces: unknown surface 'bogus'")
     assert captured.err.count("\n") == 1 and captured.out == ""
     assert not data_dir.exists()
+
+
+def test_an_in_process_run_loads_the_app_under_test_alone(tmp_path):
+    """`serving test --evals DIR --app A` starts A only: the other apps' create_net would cost start-up time and
+    memory for nothing (evals/ holds the OCR and defect models too)."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    from conftest import REPO
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((64, 64, 3), 90, np.uint8))
+    run = subprocess.run([sys.executable, "-m", "serving.cli", "test", "--app", "shapes", "--evals",
+                          str(REPO / "evals"), "--images", str(images), "--out", str(tmp_path / "out")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    loaded = sorted(line.split("app ")[1].split(":")[0] for line in run.stderr.splitlines()
+                    if "serving.apps: app " in line and ": ready (batch_size=" in line)
+    assert loaded == ["shapes"], run.stderr
+    unknown = subprocess.run([sys.executable, "-m", "serving.cli", "test", "--app", "nope", "--evals",
+                              str(REPO / "evals"), "--images", str(images), "--out", str(tmp_path / "out2")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2
+    assert "unknown app 'nope'; apps served: mvi_defect, mvi_ocr, mvp_detector, shapes" in unknown.stderr
