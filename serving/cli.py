@@ -296,6 +296,8 @@ def cmd_test(args):
     # on the command line ends at once with one line and exit 2, like argparse's and ServingError's.
     try:
         images = collect_images(source)
+        if not images:
+            raise ValueError(f"no images in {display_name(str(source))}")
         labels = load_labels(args.labels) if args.labels is not None else None
         if labels is not None and args.task is not None:
             detect_task(labels, {}, args.task)  # only checks that the forced task fits the labels
@@ -310,9 +312,6 @@ def cmd_test(args):
     except ValueError as exc:
         print(f"serving test: {exc}", file=sys.stderr)
         return 2
-    if not images:
-        print(f"serving test: no images in {display_name(str(source))}", file=sys.stderr)
-        return 1
     if args.target:
         from serving.client import Client
 

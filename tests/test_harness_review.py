@@ -96,3 +96,11 @@ def test_an_in_process_run_loads_the_app_under_test_alone(tmp_path):
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2
     assert "unknown app 'nope'; apps served: mvi_defect, mvi_ocr, mvp_detector, shapes" in unknown.stderr
+
+
+def test_a_folder_without_images_is_exit_2_and_writes_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["test", "--app", "shapes", "--images", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert not out.exists()
