@@ -24,6 +24,8 @@ MALFORMED_COCO = {
     "bbox holds null": (lambda c: c["annotations"][0].update(bbox=[None, 0, 1, 1]), "four finite numbers"),
     "bbox holds a list": (lambda c: c["annotations"][0].update(bbox=[[1], 0, 1, 1]), "four finite numbers"),
     "bbox holds 'NaN'": (lambda c: c["annotations"][0].update(bbox=["NaN", 0, 1, 1]), "four finite numbers"),
+    # Valid JSON, but no float: math.isfinite raised OverflowError (a traceback, not a ValueError).
+    "bbox holds 10**400": (lambda c: c["annotations"][0].update(bbox=[10**400, 0, 1, 1]), "four finite numbers"),
     "image id is a list": (lambda c: c["images"][0].update(id=[1]), "image id must be an integer"),
     "category id is a list": (lambda c: c["categories"][0].update(id=[1]), "category id must be an integer"),
 }

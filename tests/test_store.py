@@ -427,6 +427,8 @@ def test_load_dataset_errors(store):
     (lambda c: c["annotations"][0].update(bbox=[-1, 0, 10, 10]), "annotation 1: bbox [-1, 0, 10, 10] is outside"),
     (lambda c: c["annotations"][0].update(bbox=[1, 1, 0, 10]), "non-positive width or height"),
     (lambda c: c["annotations"][0].update(bbox=[1, 1, 10]), "annotation 1: 'bbox' must be"),
+    # Valid JSON that is no float: an OverflowError (500) before, not a refusal.
+    (lambda c: c["annotations"][0].update(bbox=[10**400, 1, 10, 10]), "annotation 1: 'bbox' must be"),
     (lambda c: c["annotations"][0].update(category_id=9), "annotation 1: category_id 9 is not a category"),
     (lambda c: c["annotations"][0].update(image_id=7), "annotation 1: image_id 7 is not an image"),
     (lambda c: c["annotations"].append(dict(c["annotations"][0])), "annotation 1: duplicate annotation id"),

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from serving.store.datasets import is_finite_number  # the store's rule for a JSON number
+
 TASK_TEXT = "text"
 TASK_CLASS = "class"
 TASK_DETECTION = "detection"
@@ -161,7 +163,7 @@ def normalize_coco(dataset, source="<memory>"):
         bbox = annotation.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"{source}: COCO annotation bbox must be [x, y, width, height]: {annotation!r}")
-        if not all(_is_number(v) for v in bbox):
+        if not all(is_finite_number(v) for v in bbox):
             raise ValueError(f"{source}: COCO annotation bbox must hold four finite numbers: {annotation!r}")
         _check_coco_id(annotation["image_id"], "annotation image_id", source)
         _check_coco_id(annotation["category_id"], "annotation category_id", source)
@@ -173,10 +175,6 @@ def normalize_coco(dataset, source="<memory>"):
             next_id += 1
         annotations.append(filled)
     return {**dataset, "images": images, "annotations": annotations, "categories": categories}
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_coco_id(value, what, source):
@@ -331,7 +329,7 @@ def text_confidence(result):
         return None
     for key in TEXT_SCORE_KEYS:
         value = result.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if is_finite_number(value):
             return float(value)
     return None
 
@@ -482,7 +480,7 @@ def to_coco_detection(detection, image_id, category_ids_by_name, category_ids):
     try:
         bbox = xyxy_to_xywh(box)
         score = float(detection.get("score", detection.get("confidence", 1.0)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         return None
     if not all(math.isfinite(v) for v in bbox + [score]):
         return None

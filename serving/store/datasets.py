@@ -31,8 +31,15 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_finite_number(value):
+    """A JSON number usable as a float: an int or a float (not a bool), finite. An integer too large for a float
+    (10**400 is valid JSON) is not one: math.isfinite would raise OverflowError on it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class _Problems(list):
@@ -174,7 +181,7 @@ def _check_annotations(annotations, sizes, category_ids, problems):
         if not _is_int(category_id) or category_id not in category_ids:
             problems.append(f"{label}: category_id {category_id!r} is not a category of the dataset")
         bbox = annotation.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
             problems.append(f"{label}: 'bbox' must be [x, y, width, height] (4 finite numbers), got {bbox!r}")
             continue
         x, y, w, h = bbox
