@@ -255,7 +255,6 @@ class Store:
         self.blobs_dir = self.data_dir / BLOBS_DIR
         self._busy_timeout_s = float(busy_timeout_s)
         self._local = threading.local()
-        self._connections_lock = threading.Lock()
         self._closed = False
         try:
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -326,8 +325,7 @@ class Store:
         would pull a connection out from under a thread still running a statement on it, which SQLite does not
         allow: a server stopping while calls still wrote (--grace 0, or a call outlasting the grace) crashed
         with SIGSEGV closing its store."""
-        with self._connections_lock:
-            self._closed = True
+        self._closed = True
         own = getattr(self._local, "conn", None)
         self._local = threading.local()
         if own is not None:
