@@ -289,6 +289,10 @@ def main():
     parser.add_argument("--protocol", choices=["kserve", "native"], default="kserve")
     parser.add_argument("--models", default="small,large")
     parser.add_argument("--floor", action="store_true", help="add the empty-handler server (gRPC's floor)")
+    parser.add_argument("--frontend", choices=["auto", "native", "python"], default="auto",
+                        help="serving's front end (serve --frontend)")
+    parser.add_argument("--python-frontend", action="store_true",
+                        help="add serving with --frontend python beside it (`serving_py`)")
     parser.add_argument("--no-baseline", action="store_true", help="measure serving alone")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -296,7 +300,8 @@ def main():
 
     names = args.models.split(",")
     in_flights = [int(k) for k in args.in_flight.split(",")]
-    servers = ["serving"] + ([] if args.no_baseline else ["baseline"]) + (["floor"] if args.floor else [])
+    servers = (["serving"] + (["serving_py"] if args.python_frontend else [])
+               + ([] if args.no_baseline else ["baseline"]) + (["floor"] if args.floor else []))
     work = Path(tempfile.mkdtemp(prefix="bench-h2load-"))
     made = write_apps(work / "evals", names)
     sessions = {name: new_session(model) for name, (model, _image) in made.items()}
@@ -311,10 +316,12 @@ def main():
     started = {}
     runs, raws = [], {name: [] for name in names}
     try:
-        started["serving"] = Server("serving", [
-            sys.executable, "-m", "serving.cli", "--log-level", "WARNING", "serve", "--evals", str(work / "evals"),
-            "--host", "127.0.0.1", "--port", "0", "--workers", str(args.workers), "--data-dir", str(work / "var")],
-            args.workers)
+        for server, frontend in (("serving", args.frontend), ("serving_py", "python")):
+            if server in servers:
+                started[server] = Server(server, [
+                    sys.executable, "-m", "serving.cli", "--log-level", "WARNING", "serve", "--evals",
+                    str(work / "evals"), "--host", "127.0.0.1", "--port", "0", "--workers", str(args.workers),
+                    "--data-dir", str(work / f"var-{server}"), "--frontend", frontend], args.workers)
         for name, (model, _image) in made.items():
             for server, extra in (("baseline", []), ("floor", ["--empty"])):
                 if server in servers:
@@ -322,7 +329,7 @@ def main():
                                                             str(model), *extra])
 
         def target(server, name):
-            protocol = args.protocol if server == "serving" else "kserve"
+            protocol = args.protocol if server.startswith("serving") else "kserve"
             return started.get((server, name)) or started[server], bodies[name, protocol]
 
         for name in names:  # warm-up: first calls pay for lazy set-up in every server

@@ -67,7 +67,11 @@ _RUNTIME_FILES = (("setup.cfg", True), ("pyproject.toml", True), ("README.md", F
 _RUNTIME_TREES = ("serving", "protos", "evals/utils")
 # Never part of a context: byte code, caches and packaging leftovers of a developer's checkout.
 _IGNORED = ("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".pytest_cache", ".DS_Store")
-_DOCKERIGNORE = "".join(f"**/{pattern}\n" for pattern in _IGNORED) + ".git\n"
+# The runtime's own build products: the native front end's extension is built in the image, against the image's
+# Python and gRPC libraries (dockerfiles/Dockerfile.cpu), never taken from the build host.
+_RUNTIME_BUILT = ("_frontend*.so",)
+_DOCKERIGNORE = ("".join(f"**/{pattern}\n" for pattern in _IGNORED) + ".git\n"
+                 + "".join(f"serving/frontend/{pattern}\n" for pattern in _RUNTIME_BUILT))
 # setup.cfg reads its long_description from README.md, so pip needs the file even when the checkout has none.
 _README_STUB = "# serving\n\nInference-serving runtime for eval.py apps.\n"
 _FILE_KEYS = ("model_files", "custom_files")
@@ -197,7 +201,8 @@ def _copy_runtime(out_dir):
         else:
             (out_dir / name).write_text(_README_STUB, encoding="utf-8")
     for tree in _RUNTIME_TREES:
-        shutil.copytree(SOURCE_ROOT / tree, out_dir / tree, ignore=shutil.ignore_patterns(*_IGNORED))
+        shutil.copytree(SOURCE_ROOT / tree, out_dir / tree,
+                        ignore=shutil.ignore_patterns(*_IGNORED, *_RUNTIME_BUILT))
     shutil.copyfile(SOURCE_ROOT / "evals" / "__init__.py", out_dir / "evals" / "__init__.py")
 
 

@@ -2,6 +2,7 @@
 
     serving serve --evals DIR --port PORT [--host H] [--metrics-port P] [--app-name NAME] [--strict]
                   [--workers N | --no-supervise] [--max-rss-mb M] [--max-concurrent-rpcs N]   (serving.workers)
+                  [--frontend auto|native|python]   (serving.frontend)
     serving infer --target HOST:PORT --app NAME FILE...
     serving test  --app NAME (--images DIR | --list FILE) [--target HOST:PORT | --evals DIR] [--labels FILE]
     serving apps  --target HOST:PORT
@@ -31,6 +32,7 @@ from serving.harness.runner import to_jsonable
 from serving.store.cli import add_store_commands
 from serving.jobs.cli import add_job_commands
 from serving.errors import BAD_REQUEST, ServingError
+from serving.frontend import MODES as FRONTEND_MODES, resolve_mode as resolve_frontend
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -81,6 +83,10 @@ def build_parser():
                        help="calls one process runs at once; more are refused at once (429, retryable) "
                             "[SERVING_MAX_CONCURRENT_RPCS]")
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls in flight on SIGTERM")
+    serve.add_argument("--frontend", choices=FRONTEND_MODES, default=os.environ.get("SERVING_FRONTEND", "auto"),
+                       help="who serves the port: native (C++ threads in front of grpc.aio, the fast calls handed "
+                            "to Python directly), python (grpc.aio alone), auto (native when built) "
+                            "[SERVING_FRONTEND]")
     serve.add_argument("--workers", type=int, default=os.environ.get("SERVING_WORKERS", "1"),
                        help="serving processes sharing the port, supervised (each loads every app) [SERVING_WORKERS]")
     serve.add_argument("--no-supervise", action="store_true", default=_env_flag("SERVING_NO_SUPERVISE"),
@@ -172,7 +178,7 @@ def _worker_args(args):
     out = ["--log-level", args.log_level, "serve", "--workers", "1", "--no-supervise",
            "--evals", str(args.evals), "--host", args.host, "--max-message-mb", str(args.max_message_mb),
            "--grace", str(args.grace), "--data-dir", str(args.data_dir), "--max-jobs", str(args.max_jobs),
-           "--max-concurrent-rpcs", str(args.max_concurrent_rpcs),
+           "--max-concurrent-rpcs", str(args.max_concurrent_rpcs), "--frontend", args.frontend,
            "--trainer-app", args.trainer_app]
     if args.app_name:
         out += ["--app-name", args.app_name]
@@ -190,16 +196,16 @@ def _worker_args(args):
 
 
 def _serve_security(args):
-    """(tokens, credentials) of the serve security flags; ServingError for a bad combination or file. Read before
+    """(tokens, tls) of the serve security flags; ServingError for a bad combination or file. Read before
     `--workers` starts anything, so a bad token file or certificate stops start-up at once."""
     from serving.auth import load_tokens
-    from serving.tls import server_credentials
+    from serving.tls import server_tls
 
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and args.tls_cert is None):
         raise ServingError(BAD_REQUEST, "--tls-cert and --tls-key go together; --tls-client-ca needs them")
     tokens = load_tokens(args.auth_tokens) if args.auth_tokens else None
-    credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    return tokens, credentials
+    tls = server_tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    return tokens, tls
 
 
 def cmd_serve(args):
@@ -219,7 +225,8 @@ def cmd_serve(args):
         print("serving serve: --max-concurrent-rpcs must be >= 1", file=sys.stderr)
         return 2
     try:
-        tokens, credentials = _serve_security(args)
+        tokens, tls = _serve_security(args)
+        resolve_frontend(args.frontend)  # --frontend native without the extension stops start-up here
     except ServingError as exc:
         # Exit status 1, a start-up failure: the --workers supervisor does not restart it.
         print(f"serving: {exc.message}", file=sys.stderr)
@@ -233,10 +240,10 @@ def cmd_serve(args):
     quarantined = init_supervised_worker()  # {} unless a supervisor started this process
     server = ServingServer(args.evals, host=args.host, port=args.port, app_name=args.app_name,
                            max_message_bytes=int(args.max_message_mb * 2**20), metrics_port=args.metrics_port,
-                           strict=args.strict, tokens=tokens, credentials=credentials, data_roots=args.data_root,
+                           strict=args.strict, tokens=tokens, tls=tls, data_roots=args.data_root,
                            data_dir=args.data_dir, max_jobs=args.max_jobs, trainer_app=args.trainer_app,
                            max_concurrent_rpcs=args.max_concurrent_rpcs, quarantined=quarantined,
-                           share_port=is_supervised_worker())
+                           share_port=is_supervised_worker(), frontend=args.frontend)
     try:
         asyncio.run(serve_until_signalled(server, grace=args.grace))
     except ServingError as exc:

@@ -107,9 +107,13 @@ class DecodingRegistrar:
 
     def __init__(self, server):
         self._server = server
+        #: Every handler registered, as registered on the server (serving.frontend resolves fast calls with them).
+        self.generic_handlers = []
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers):
-        self._server.add_generic_rpc_handlers(tuple(_DecodingGenericHandler(h) for h in generic_rpc_handlers))
+        handlers = tuple(_DecodingGenericHandler(h) for h in generic_rpc_handlers)
+        self.generic_handlers.extend(handlers)
+        self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service_name, method_handlers):
         """Not forwarded: the generated code registers every method twice, in the generic handler forwarded by

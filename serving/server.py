@@ -19,6 +19,7 @@ from serving.request_decoding import DecodingRegistrar
 from serving.dataplane import DataPlane
 from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
+from serving.frontend import NativeFrontend, resolve_mode
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
 from serving.inspection import Inspection
@@ -47,15 +48,19 @@ class ServingServer:
     a service of its own, SERVING while the app is READY and NOT_SERVING while it is FAILED, STUCK or stopped.
 
     Security (see serving.auth, serving.tls): `tokens` (a serving.auth.TokenTable) requires a bearer token on every
-    call but health; `credentials` (grpc.ServerCredentials, serving.tls.server_credentials) serves TLS instead of
-    plaintext; `data_roots` are the only folders a request's `uri` may name (none: every uri is refused).
+    call but health; `tls` (a serving.tls.ServerTls) serves TLS instead of plaintext; `data_roots` are the only
+    folders a request's `uri` may name (none: every uri is refused).
+
+    Front end (serving.frontend): `frontend` "native" serves the port from C++ threads in front of the grpc.aio
+    server, which then listens on a private Unix socket; "python" serves it from grpc.aio; "auto" is native when
+    the extension is built.
     """
 
     def __init__(self, evals_dir, *, host="0.0.0.0", port=9000, app_name=None,
                  max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, metrics_port=None, strict=False, tokens=None,
-                 credentials=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
+                 tls=None, data_roots=(), data_dir="var", max_jobs=DEFAULT_MAX_JOBS,
                  trainer_app=DEFAULT_TRAINER_APP, max_concurrent_rpcs=DEFAULT_MAX_CONCURRENT_RPCS, quarantined=None,
-                 share_port=False):
+                 share_port=False, frontend="auto"):
         # Apps exported from training snapshots (serving.jobs.export) are served beside the evals dir's.
         self.registry = AppRegistry(evals_dir, classic_name=app_name, extra_dirs=(exported_apps_dir(data_dir),))
         self.dataplane = DataPlane(self.registry)
@@ -70,7 +75,9 @@ class ServingServer:
         self.metrics_port = metrics_port
         self.strict = strict
         self.tokens = tokens
-        self.credentials = credentials
+        self.tls = tls
+        self.frontend_mode = resolve_mode(frontend)  # ServingError for "native" when it is not built
+        self._frontend = None  # the NativeFrontend, in native mode
         self.data_roots = tuple(data_roots or ())
         self.data_dir = data_dir
         self._store = None
@@ -109,8 +116,11 @@ class ServingServer:
         if self.metrics_port is not None:
             self._serve_metrics()
         interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
+        native = self.frontend_mode == "native"
+        # Behind the native front end, which counts every call against the limit, the grpc.aio server sees only the
+        # relayed ones: a second count there would refuse nothing the first one let through.
         self._server = grpc.aio.server(options=options, interceptors=interceptors,
-                                       maximum_concurrent_rpcs=self.max_concurrent_rpcs)
+                                       maximum_concurrent_rpcs=None if native else self.max_concurrent_rpcs)
         # Every service registers through it: a request that does not decode gets 400, not gRPC's UNKNOWN.
         registrar = DecodingRegistrar(self._server)
         inference_pb2_grpc.add_InferenceServicer_to_server(NativeServicer(self.dataplane), registrar)
@@ -127,17 +137,30 @@ class ServingServer:
             (NATIVE_SERVICE, STORE_SERVICE, *mvp_services, health.SERVICE_NAME, reflection.SERVICE_NAME)),
             registrar)
         address = f"{self.host}:{self.port}"
-        try:
-            if self.credentials is not None:
-                port = self._server.add_secure_port(address, self.credentials)
-            else:
-                port = self._server.add_insecure_port(address)
-        except RuntimeError:  # grpc's "Failed to bind to address", which names neither cause nor remedy
-            port = 0
-        if not port:
-            # The TLS material was checked before (serving.tls.server_credentials): what is left is the address.
-            await self._close_metrics()
-            raise ServingError(BAD_REQUEST, f"cannot listen on {address}: port in use or address not available")
+        if native:
+            self._frontend = NativeFrontend(address, registrar.generic_handlers, interceptors,
+                                            max_message_bytes=self.max_message_bytes,
+                                            max_concurrent_rpcs=self.max_concurrent_rpcs, share_port=self.share_port,
+                                            tls=self.tls)
+            self._server.add_insecure_port(self._frontend.backend_address)
+            try:
+                # Calls relayed before the grpc.aio server starts wait for it (within their deadlines).
+                port = self._frontend.start()
+            except ServingError:
+                await self._close_metrics()
+                raise
+        else:
+            try:
+                if self.tls is not None:
+                    port = self._server.add_secure_port(address, self.tls.credentials())
+                else:
+                    port = self._server.add_insecure_port(address)
+            except RuntimeError:  # grpc's "Failed to bind to address", which names neither cause nor remedy
+                port = 0
+            if not port:
+                # The TLS material was checked before (serving.tls.server_tls): what is left is the address.
+                await self._close_metrics()
+                raise ServingError(BAD_REQUEST, f"cannot listen on {address}: port in use or address not available")
         self.port = port
         await self.health.set("", _NOT_SERVING)
         await self.jobs.start()  # before the first call: recovers what a previous server left RUNNING
@@ -145,8 +168,8 @@ class ServingServer:
         # neither used nor stopped (grpc raises InvalidStateError); stop() lets it finish instead.
         self._grpc_start = asyncio.ensure_future(self._server.start())
         await asyncio.shield(self._grpc_start)
-        log.info("listening on %s:%d (%s, %s, uri %s)", self.host, self.port,
-                 "TLS" if self.credentials is not None else "plaintext",
+        log.info("listening on %s:%d (%s front end, %s, %s, uri %s)", self.host, self.port, self.frontend_mode,
+                 "TLS" if self.tls is not None else "plaintext",
                  f"{len(self.tokens)} tokens" if self.tokens is not None else "no authentication",
                  "under " + ", ".join(self.data_roots) if self.data_roots else "refused")
         try:
@@ -210,6 +233,10 @@ class ServingServer:
         await self.jobs.stop_scheduling()
         if self._grpc_start is not None:
             await self._grpc_start  # see start
+        if self._frontend is not None:
+            # The port first: its calls in flight, relayed ones included, end within the grace while the grpc.aio
+            # server behind it still answers them.
+            await self._frontend.stop(grace)
         if self._server is not None:
             await self._server.stop(grace)
         # Running tasks checkpoint and end INTERRUPTED (resumable); workers that do not are killed.

@@ -9,6 +9,7 @@ bound, with "Failed to bind to address" and nothing about the file. The checks u
 (OpenSSL, as gRPC's own TLS is), not `cryptography`, which only the tests install.
 """
 import contextlib
+import dataclasses
 import os
 import re
 import ssl
@@ -32,10 +33,25 @@ def read_pem(source, what):
         raise ServingError(BAD_REQUEST, f"cannot read {what} {source}: {exc}") from None
 
 
-def server_credentials(cert, key, client_ca=None):
-    """`grpc.ServerCredentials` serving `cert` with `key`; with `client_ca`, clients must present a certificate
-    it signed. ServingError naming the file and what is wrong with it: unreadable, empty, no PEM certificate or
-    key, a block that does not parse, an encrypted key, or a key that is not the certificate's."""
+@dataclasses.dataclass(frozen=True)
+class ServerTls:
+    """A server's checked TLS material (PEM bytes): its certificate chain and key, and the CA whose certificates
+    clients must present (mutual TLS), or None."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    client_ca_pem: bytes = None
+
+    def credentials(self):
+        """The grpc.ServerCredentials of this material, for a grpc.aio server."""
+        return grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)], root_certificates=self.client_ca_pem,
+                                           require_client_auth=self.client_ca_pem is not None)
+
+
+def server_tls(cert, key, client_ca=None):
+    """The `ServerTls` serving `cert` with `key`; with `client_ca`, clients must present a certificate it signed.
+    ServingError naming the file and what is wrong with it: unreadable, empty, no PEM certificate or key, a block
+    that does not parse, an encrypted key, or a key that is not the certificate's."""
     if cert is None or key is None:
         raise ServingError(BAD_REQUEST, "TLS needs both a certificate and its key (--tls-cert and --tls-key)")
     cert_pem, key_pem = read_pem(cert, "TLS certificate"), read_pem(key, "TLS key")
@@ -44,8 +60,7 @@ def server_credentials(cert, key, client_ca=None):
     _check_key(cert_pem, key_pem, _name(cert), _name(key))
     if root is not None:
         _check_certificates(root, f"TLS client CA {_name(client_ca)}")
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=root,
-                                       require_client_auth=root is not None)
+    return ServerTls(cert_pem, key_pem, root)
 
 
 def _name(source):

@@ -20,6 +20,8 @@ cap_decoder_pixels()
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
+#: The front ends a server can have (serving.frontend): tests of what the wire carries run against both.
+FRONTENDS = ("native", "python")
 
 
 class RunningServer:
@@ -80,6 +82,12 @@ class RunningServer:
         if self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
         return self.proc.returncode
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def frontend(request):
+    """Each front end in turn: a module's servers built with `--frontend <this>` run its tests once for each."""
+    return request.param
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05):

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from conftest import RunningServer
 from serving.build import BUILD_INFO, EXTERNAL_DIR, build_context, sha256_of
 from serving.client import Client
 from serving.config import load_app_config
+from serving.frontend import load_extension
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "evals" / "shapes"
@@ -41,6 +43,8 @@ DOCKERFILES = {device: REPO / "dockerfiles" / f"Dockerfile.{device}" for device 
 IMAGE_ROOT = "/workspace/serving"
 K8S_VERSION = "1.30"
 SERVE_TIMEOUT_S = 60
+# How the CPU image builds the native front end (a RUN of its Dockerfile).
+FRONTEND_BUILD = "python -m serving.frontend.build --force"
 
 
 def _parse_dockerfile(path):
@@ -384,12 +388,17 @@ def test_dockerfile_conventions(device):
     if device == "cpu":
         assert parser.baseimage == "python:3.11-slim"
         assert "--index-url https://download.pytorch.org/whl/cpu" in runs
+        # The native front end is built in the image (the context carries its source, never a host's build), on
+        # the gRPC C++ library the image keeps, and the image serves with it.
+        assert re.search(r"apt-get install -y --no-install-recommends [\w.\- ]*\blibgrpc\+\+1\.51\b", runs)
+        assert FRONTEND_BUILD in runs and envs["SERVING_FRONTEND"] == "native"
     else:
         assert re.match(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu22\.04$", parser.baseimage)
         assert re.search(r"download\.pytorch\.org/whl/cu\d+$", parser.args["TORCH_INDEX"])
         assert "python3.11" in runs and "pip uninstall -y onnxruntime" in runs
         # onnxruntime-gpu pinned to the onnxruntime version pip resolved (not whatever PyPI has newest).
         assert '"onnxruntime-gpu==${ort_version}"' in runs and 'ort_version="$(python -c' in runs
+        assert envs["SERVING_FRONTEND"] == "python" and FRONTEND_BUILD not in runs
 
 
 def _data_dir_of(context):
@@ -398,7 +407,13 @@ def _data_dir_of(context):
 
 def _image_cmd_server(context):
     """The image's CMD run directly in a context: its environment as the Dockerfile sets it, paths under the
-    image root mapped to the context, the ports left to the OS."""
+    image root mapped to the context, the ports left to the OS. The native front end the image builds is this
+    checkout's build (test_image_cmd_serves_the_context builds it from a context, as the image does)."""
+    frontend = context / "serving" / "frontend"
+    if not list(frontend.glob("_frontend*.so")):
+        built = load_extension()
+        assert built is not None, "the native front end is not built: make install"
+        shutil.copy2(built.__file__, frontend)
     parser = _parse_dockerfile(context / "Dockerfile")
     command = json.loads(parser.cmd)
     # The console script `pip install .` puts on PATH in the image is the one of this environment here.
@@ -422,7 +437,13 @@ def _shape_png():
 
 def test_image_cmd_serves_the_context(contexts):
     context = contexts["cpu"]
+    assert not list((context / "serving" / "frontend").glob("_frontend*.so")), "a host's build went into the context"
+    # The Dockerfile's build of the native front end, from the context's own source.
+    built = subprocess.run([sys.executable, *FRONTEND_BUILD.split()[1:]], cwd=context, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(context)})
+    assert built.returncode == 0, built.stderr
     server = _image_cmd_server(context)
+    assert "(native front end" in server.output
     try:
         # The runtime imported is the context's copy, not this checkout's.
         probe = "import serving, evals; print(serving.__file__, evals.__file__)"

@@ -25,8 +25,8 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @pytest.fixture(scope="module")
-def server():
-    running = RunningServer(["--evals", str(TESTS / "apps")])
+def server(frontend):
+    running = RunningServer(["--evals", str(TESTS / "apps"), "--frontend", frontend])
     yield running
     running.stop()
 

@@ -111,8 +111,9 @@ def test_decoder_bombs_are_refused_without_allocating_the_image(server):
     assert peak_rss_mib(pid) - before < 60, "a refused image must not be decoded"
 
 
-def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_bounded():
-    server = RunningServer(["--evals", str(TESTS / "apps_faults"), "--max-concurrent-rpcs", "4"])
+def test_calls_over_the_concurrency_limit_are_refused_at_once_and_memory_stays_bounded(frontend):
+    server = RunningServer(["--evals", str(TESTS / "apps_faults"), "--max-concurrent-rpcs", "4", "--frontend",
+                            frontend])
     try:
         host, port = server.target.split(":")
         with Client(host, int(port), "steady", timeout=TIMEOUT) as client:
@@ -276,7 +277,9 @@ def test_a_stream_whose_client_does_not_read_is_not_read_past_its_byte_bound():
             return sent
 
         sent = asyncio.run(flood())
-        # What the server holds, plus what the transport buffers on both sides (a few messages).
-        assert MAX_STREAM_BYTES // len(body) <= sent < MAX_STREAM_BYTES // len(body) + 24, sent
+        # What the server holds, plus what the transports buffer: a few messages each side of a connection, and
+        # as many again behind the native front end, whose relay is a second connection (16-27 measured under
+        # load, 4-10 for grpc.aio alone). Unbounded, it would be the 256 requests a stream may have in flight.
+        assert MAX_STREAM_BYTES // len(body) <= sent < MAX_STREAM_BYTES // len(body) + 40, sent
     finally:
         server.stop()

@@ -118,29 +118,30 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory, data):
+def auth_server(tmp_path_factory, data, frontend):
     tokens = tmp_path_factory.mktemp("auth") / "tokens"
     tokens.write_text(TOKEN_FILE)
     tokens.chmod(0o600)
     server = RunningServer(["--evals", str(TESTS / "apps"), "--auth-tokens", str(tokens),
-                            "--data-root", str(data["root"])])
+                            "--data-root", str(data["root"]), "--frontend", frontend])
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def tls_server(pki):
+def tls_server(pki, frontend):
     (cert, key) = pki["server"]
-    server = RunningServer(["--evals", str(TESTS / "apps"), "--tls-cert", str(cert), "--tls-key", str(key)])
+    server = RunningServer(["--evals", str(TESTS / "apps"), "--tls-cert", str(cert), "--tls-key", str(key),
+                            "--frontend", frontend])
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def mtls_server(pki):
+def mtls_server(pki, frontend):
     (cert, key), (ca, _) = pki["server"], pki["ca"]
     server = RunningServer(["--evals", str(TESTS / "apps"), "--tls-cert", str(cert), "--tls-key", str(key),
-                            "--tls-client-ca", str(ca)])
+                            "--tls-client-ca", str(ca), "--frontend", frontend])
     yield server
     server.stop()
 

@@ -319,6 +319,8 @@ def test_callers_that_cancel_give_their_queue_places_back(fresh_metered_server):
         assert not busy.done() and not any(future.done() for future in waiting), "the queue must still hold them"
         for future in waiting:
             future.cancel()
+        # The server learns of a cancellation as the client's RST_STREAM is processed, not before the next call.
+        assert wait_until(lambda: queue_depth(fresh_metered_server) == 4, 5, 0.01)
         later = [call() for _ in range(15)]
         assert all(len(future.result().results) == 4 for future in [busy, *later])
         assert all(result.code == 0 for future in later for result in future.result().results)

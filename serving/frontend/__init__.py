@@ -1,0 +1,237 @@
+"""The native front end: gRPC on C++ threads in front of a worker's grpc.aio server (`serve --frontend`).
+
+grpc.aio costs about 0.3 ms of the event loop's CPU per call before a servicer runs, more than the runtime's
+whole request path; a worker behind it tops out near 3,000 calls/s on a small model. With the native front end
+(`frontend.cc`, a CPython extension over gRPC's C++ library) the public port is served by C++ threads that
+never hold the GIL:
+
+- the fast methods (:data:`FAST_METHODS`: KServe ModelInfer and the native Infer, the calls that carry
+  inferences) reach the event loop as (id, request bytes, metadata, timeout) tuples, many per wake-up, and run
+  the very handlers the grpc.aio server registered, behind the same interceptors (token authentication), with a
+  :class:`FastContext` standing in for grpc.aio's context;
+- every other method (streams, health, reflection, the store, tasks, the repository API) is relayed message by
+  message to the worker's grpc.aio server, which listens on a Unix socket in a private folder; its answers,
+  statuses and metadata come back unchanged.
+
+So the protocol logic exists once, in the servicers; the front end only moves bytes. TLS ends in the front end
+(the grpc.aio server behind it is reachable only through that folder, mode 0700); the concurrency limit
+(`--max-concurrent-rpcs`) is counted there, over every call; message-size limits are applied there first.
+
+Modes (`serving serve --frontend`, environment SERVING_FRONTEND): ``native`` needs the extension and fails to
+start without it; ``python`` serves the port from grpc.aio alone; ``auto`` (the default) is native when the
+extension is built (`make install` builds it: Debian's libgrpc++-dev and g++) and python otherwise.
+"""
+import asyncio
+import collections
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+
+import grpc
+
+from serving.errors import BAD_REQUEST, ServingError
+
+log = logging.getLogger("serving.frontend")
+
+#: The unary methods whose calls the front end hands to the event loop directly.
+FAST_METHODS = ("/inference.GRPCInferenceService/ModelInfer", "/serving.v1.Inference/Infer")
+
+MODES = ("auto", "native", "python")
+
+_REQUEST, _CANCEL = 0, 1
+_OK = grpc.StatusCode.OK.value[0]
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+
+
+def load_extension():
+    """The `_frontend` extension module, or None when it is not built (or does not load: its reason is logged)."""
+    try:
+        return importlib.import_module("serving.frontend._frontend")
+    except ImportError as exc:
+        log.debug("native front end unavailable: %s", exc)
+        return None
+
+
+def resolve_mode(mode):
+    """"native" or "python" for a requested mode; ServingError (400) for "native" without the extension, or an
+    unknown mode."""
+    if mode not in MODES:
+        raise ServingError(BAD_REQUEST, f"unknown front end {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "python":
+        return mode
+    if load_extension() is None:
+        if mode == "native":
+            raise ServingError(BAD_REQUEST, "the native front end is not built (serving/frontend/_frontend*.so): "
+                                            "run `make install`, or serve with --frontend python")
+        return "python"
+    return "native"
+
+
+class _HandlerCallDetails(collections.namedtuple("_HandlerCallDetails", ("method", "invocation_metadata")),
+                          grpc.HandlerCallDetails):
+    """What grpc.aio hands interceptors and generic handlers to find a method's handler."""
+
+
+class FastContext:
+    """The part of grpc.aio's ServicerContext that the fast methods' handlers use: metadata, the time left,
+    trailing metadata and abort (which raises grpc.aio.AbortError, as grpc.aio's does)."""
+
+    __slots__ = ("_metadata", "_deadline", "_loop", "trailing", "code", "details")
+
+    def __init__(self, metadata, deadline, loop):
+        self._metadata = metadata
+        self._deadline = deadline
+        self._loop = loop
+        self.trailing = None
+        self.code = None
+        self.details = ""
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def time_remaining(self):
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - self._loop.time())
+
+    def set_trailing_metadata(self, trailing_metadata):
+        self.trailing = tuple(trailing_metadata)
+
+    async def abort(self, code, details="", trailing_metadata=()):
+        if code == grpc.StatusCode.OK:  # grpc.aio refuses it too
+            raise ValueError("abort with StatusCode.OK")
+        if trailing_metadata:
+            self.trailing = tuple(trailing_metadata)
+        self.code = code
+        self.details = details
+        raise grpc.aio.AbortError()
+
+
+class NativeFrontend:
+    """The C++ front end of one worker: serves `address`, runs fast calls through `generic_handlers` (the
+    grpc.GenericRpcHandlers registered on the worker's grpc.aio server) behind `interceptors` (its
+    grpc.aio.ServerInterceptors), exactly as grpc.aio resolves a call, and relays every other call to
+    `backend_address`, where the grpc.aio server must listen (a Unix socket in a folder of this object's, mode
+    0700, removed by `stop`). `tls`: a serving.tls.ServerTls, or None for plaintext.
+    """
+
+    def __init__(self, address, generic_handlers, interceptors=(), *, max_message_bytes, max_concurrent_rpcs=None,
+                 share_port=False, tls=None):
+        self.address = address
+        extension = load_extension()
+        if extension is None:
+            raise ServingError(BAD_REQUEST, "the native front end is not built")
+        self._generic_handlers = generic_handlers
+        self._interceptors = tuple(interceptors)
+        self._handlers = {}  # method -> handler, when there are no interceptors (they may differ per call)
+        self._folder = tempfile.mkdtemp(prefix="serving-grpc-")  # 0700
+        self.backend_address = "unix:" + os.path.join(self._folder, "grpc.sock")
+        tls_pems = None if tls is None else (tls.cert_pem, tls.key_pem, tls.client_ca_pem)
+        self._frontend = extension.Frontend(address, self.backend_address, FAST_METHODS, int(max_message_bytes),
+                                            int(max_concurrent_rpcs or 0), bool(share_port), tls_pems)
+        self._calls = {}  # call id -> the task serving it
+        self._loop = None
+        self._stopped = False
+
+    def start(self):
+        """Bind and serve; returns the port. ServingError (400) when the address cannot be bound."""
+        try:
+            port = self._frontend.start()
+        except RuntimeError:
+            self._remove_folder()
+            raise ServingError(BAD_REQUEST, f"cannot listen on {self.address}: port in use or address not "
+                                            "available") from None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._frontend.fileno(), self._on_events)
+        return port
+
+    async def stop(self, grace):
+        """Stop accepting calls, let those in flight finish within `grace` seconds, then cancel the rest. The
+        event loop keeps answering fast calls meanwhile (the C++ shutdown waits in a thread)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop is not None:
+            await asyncio.to_thread(self._frontend.shutdown, max(0.0, float(grace)))
+            self._loop.remove_reader(self._frontend.fileno())
+            for task in list(self._calls.values()):
+                task.cancel()
+        self._remove_folder()
+
+    def _remove_folder(self):
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def in_flight(self):
+        """(calls in flight, calls started) counted by the front end."""
+        return self._frontend.active()
+
+    # ---- fast calls ----------------------------------------------------------------------------------------
+
+    def _on_events(self):
+        loop = self._loop
+        calls = self._calls
+        events = self._frontend.take()
+        # Cancellations first: the places in the queue they give back are there for the calls that came with them.
+        cancelled = set()
+        for kind, call_id, *_ in events:
+            if kind == _CANCEL:
+                task = calls.pop(call_id, None)
+                if task is not None:
+                    task.cancel()
+                else:
+                    cancelled.add(call_id)  # a call of this same batch: it never starts
+        for kind, call_id, method, payload, metadata, timeout in events:
+            if kind == _CANCEL or call_id in cancelled:
+                continue
+            deadline = None if timeout is None else loop.time() + timeout
+            task = loop.create_task(self._serve(call_id, FAST_METHODS[method], payload, metadata, deadline))
+            calls[call_id] = task
+
+    async def _handler(self, method, metadata):
+        if not self._interceptors:
+            handler = self._handlers.get(method)
+            if handler is None:
+                handler = self._handlers[method] = self._lookup(_HandlerCallDetails(method, metadata))
+            return handler
+        return await self._intercepted(0, _HandlerCallDetails(method, metadata))
+
+    async def _intercepted(self, index, details):
+        if index == len(self._interceptors):
+            return self._lookup(details)
+
+        async def continuation(next_details):
+            return await self._intercepted(index + 1, next_details)
+
+        return await self._interceptors[index].intercept_service(continuation, details)
+
+    def _lookup(self, details):
+        for generic in self._generic_handlers:
+            handler = generic.service(details)
+            if handler is not None:
+                return handler
+        return None
+
+    async def _serve(self, call_id, method, payload, metadata, deadline):
+        context = FastContext(metadata, deadline, self._loop)
+        respond = self._frontend.respond
+        try:
+            handler = await self._handler(method, metadata)
+            if handler is None or handler.unary_unary is None:
+                respond(call_id, _UNIMPLEMENTED.value[0], "Method not found!", None, b"")
+                return
+            request = payload if handler.request_deserializer is None else handler.request_deserializer(payload)
+            response = await handler.unary_unary(request, context)
+            serializer = handler.response_serializer
+            respond(call_id, _OK, "", context.trailing, response if serializer is None else serializer(response))
+        except grpc.aio.AbortError:
+            respond(call_id, context.code.value[0], context.details or "", context.trailing, b"")
+        except asyncio.CancelledError:
+            pass  # the caller cancelled (or its deadline passed): the front end has ended the call already
+        except Exception as exc:  # a bug: as grpc.aio answers it, never a traceback on the wire
+            log.exception("unexpected error in %s", method)
+            respond(call_id, _UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"[:1000], context.trailing, b"")
+        finally:
+            self._calls.pop(call_id, None)
