@@ -164,10 +164,6 @@ class NativeFrontend:
     def _remove_folder(self):
         shutil.rmtree(self._folder, ignore_errors=True)
 
-    def in_flight(self):
-        """(calls in flight, calls started) counted by the front end."""
-        return self._frontend.active()
-
     # ---- fast calls ----------------------------------------------------------------------------------------
 
     def _on_events(self):

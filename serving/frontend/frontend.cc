@@ -62,11 +62,12 @@ struct Event {
   double timeout;  // seconds; < 0: the caller set no deadline
 };
 
-// Metadata that belongs to the transport: never copied onto the proxied call, nor handed to Python.
+// Metadata that belongs to the transport: never copied onto the relayed call, nor handed to Python. gRPC reserves
+// the "grpc-" prefix for itself (a client may not send such a key as metadata of its own).
 bool IsTransportKey(const grpc::string_ref& key) {
   if (key.size() > 0 && key.data()[0] == ':') return true;
-  static const char* kTransport[] = {"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding",
-                                     "grpc-timeout", "grpc-message-type", "host", "authority"};
+  if (key.size() >= 5 && std::memcmp(key.data(), "grpc-", 5) == 0) return true;
+  static const char* kTransport[] = {"te", "content-type", "user-agent", "host", "authority"};
   for (const char* name : kTransport) {
     if (key.size() == std::strlen(name) && std::memcmp(key.data(), name, key.size()) == 0) return true;
   }
@@ -198,8 +199,7 @@ class Frontend {
   std::unique_ptr<grpc::GenericStub> stub;
   std::unique_ptr<FastService> fast_service;
   std::unique_ptr<ProxyService> proxy_service;
-  std::atomic<int> active{0};
-  std::atomic<long> calls_started{0};
+  std::atomic<int> active{0};  // calls in flight, for the concurrency limit
 
   std::mutex mu;
   std::vector<Event> inbound;                     // for Python
@@ -254,7 +254,6 @@ class Frontend {
       active.fetch_sub(1);
       return false;
     }
-    calls_started.fetch_add(1);
     return true;
   }
 
@@ -826,18 +825,12 @@ PyObject* Shutdown(PyObject* object, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-PyObject* Active(PyObject* object, PyObject*) {
-  Frontend* frontend = reinterpret_cast<FrontendObject*>(object)->frontend;
-  return Py_BuildValue("(il)", frontend->active.load(), frontend->calls_started.load());
-}
-
 PyMethodDef kMethods[] = {
     {"start", Start, METH_NOARGS, "Bind the address and start serving; returns the port."},
     {"fileno", Fileno, METH_NOARGS, "The event fd that becomes readable when take() has something."},
     {"take", Take, METH_NOARGS, "Fast calls and cancellations that arrived since the last take()."},
     {"respond", Respond, METH_VARARGS, "Answer a fast call."},
     {"shutdown", Shutdown, METH_VARARGS, "Stop serving within a grace period (blocking, without the GIL)."},
-    {"active", Active, METH_NOARGS, "(calls in flight, calls started)."},
     {nullptr, nullptr, 0, nullptr},
 };
 
