@@ -5,10 +5,17 @@ more until the batch holds `batch_size` images or the app's window, counted from
 passed. It does not wait when no other request is on its way (none waiting, none in preprocessing): batching
 then costs no latency. Requests whose caller cancelled or whose deadline passed are dropped before
 `net_inference`. One call of `run_batch` at a time, on the app's single inference thread.
+
+While net_inference is busy, the batches that follow are chained on the inference thread: as one call returns,
+the thread takes what waited meanwhile (up to `batch_size` images, skipping requests already answered) and runs
+it at once, and the event loop answers the finished batch's callers beside it. Handing each batch back to the
+event loop would leave net_inference idle until the loop's turn and the GIL came round (about 1 ms per batch
+under load, measured: a third of the thread's time). The window applies when the thread is idle.
 """
 import asyncio
 import collections
 import logging
+import threading
 import time
 import weakref
 
@@ -127,10 +134,14 @@ class Batcher:
         self._preprocess = preprocess
         self._preprocess_executor = preprocess_executor
         self._waiting = collections.deque()
+        # The inference thread takes chained batches from _waiting itself (see _run_chain): every change of it
+        # is made under this lock, and so is _stopping.
+        self._waiting_lock = threading.Lock()
+        self._stopping = False
         self._arrived = None
         self._admitted = 0          # images admitted and not yet answered
         self._preprocessing = 0     # requests still in net_preprocess
-        self._running_since = None  # loop time at which the current net_inference call started
+        self._running_since = None  # monotonic (loop) time at which the current net_inference call started
         self._dropping = False      # a pass of _drop_answered is scheduled
         self._task = None
         self._loop = None
@@ -158,6 +169,8 @@ class Batcher:
         self._task = self._loop.create_task(self._run_forever(), name=f"batcher-{self.app}")
 
     async def stop(self):
+        with self._waiting_lock:
+            self._stopping = True  # a chain on the inference thread ends after the batch it is running
         if self._task is not None:
             self._task.cancel()
             try:
@@ -167,10 +180,12 @@ class Batcher:
             self._task = None
         # Deadlines stay armed while a call is pending: callers whose requests were in the interrupted
         # net_inference call get their 504. Then the timer goes (Deadlines.close).
-        while self._waiting:
-            self._answer(self._waiting.popleft(),
-                         batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down",
-                                          whole_batch=True))
+        with self._waiting_lock:
+            left = list(self._waiting)
+            self._waiting.clear()
+        for item in left:
+            self._answer(item, batching.Outcome(code=UNAVAILABLE, message=f"app {self.app} is shutting down",
+                                                whole_batch=True))
         if self._deadlines is not None:
             self._deadlines.close()
 
@@ -273,15 +288,17 @@ class Batcher:
 
     def _drop_answered(self):
         self._dropping = False
-        waiting = self._waiting
-        live = [item for item in waiting if not item.future.done()]
-        if len(live) != len(waiting):
-            waiting.clear()
-            waiting.extend(live)
+        with self._waiting_lock:
+            waiting = self._waiting
+            live = [item for item in waiting if not item.future.done()]
+            if len(live) != len(waiting):
+                waiting.clear()
+                waiting.extend(live)
 
     def _enqueue(self, item, now=None):
         item.queued_at = self._loop.time() if now is None else now
-        self._waiting.append(item)
+        with self._waiting_lock:
+            self._waiting.append(item)
         self._arrived.set()
 
     def _preprocess_inline(self, item):
@@ -325,7 +342,8 @@ class Batcher:
             await self._arrived.wait()
         # The window counts from the arrival of the batch's first request, so no request waits longer than it.
         window_ends = self._waiting[0].queued_at + self.window
-        batch, images = batching.take_batch(self._waiting, self.batch_size)
+        with self._waiting_lock:
+            batch, images = batching.take_batch(self._waiting, self.batch_size)
         while images < self.batch_size:
             if self._waiting:
                 break  # the next request does not fit: it starts the next batch
@@ -339,7 +357,8 @@ class Batcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
-            more, more_images = batching.take_batch(self._waiting, self.batch_size - images)
+            with self._waiting_lock:
+                more, more_images = batching.take_batch(self._waiting, self.batch_size - images)
             batch += more
             images += more_images
         return batch
@@ -359,23 +378,62 @@ class Batcher:
     async def _run_forever(self):
         while True:
             batch = self._live(await self._next_batch())
-            if not batch:
-                continue
+            if batch:
+                await self._inference_thread.run(self._run_chain, batch)
+
+    def _run_chain(self, batch):
+        """On the inference thread: run `batch`, then the batches that waited meanwhile, until none is waiting
+        (see the module docstring). Each batch's result goes to the event loop (`_finish_batch`) as it is done."""
+        loop = self._loop
+        while batch:
             requests = [item.request for item in batch]
             reqids = [item.reqid for item in batch]
-            metrics.BATCH_SIZE.observe(self._metric_labels, sum(item.n_images for item in batch))
-            self._running_since = self._loop.time()
+            started = self._running_since = time.monotonic()  # the loop's clock (asyncio's loop.time())
+            output = error = None
             try:
-                output = await self._inference_thread.run(self._run_batch, requests, reqids)
-                outcomes = batching.split_outcomes(output, len(batch))
+                output = self._run_batch(requests, reqids)
             except _EVAL_FAILURES as exc:
-                log.exception("app %s: net_inference raised", self.app)
-                outcomes = batching.exception_outcomes(len(batch), exc)
-            finally:
-                finished = self._loop.time()
-                metrics.INFERENCE_LATENCY.observe(self._metric_labels, finished - self._running_since)
-                started, self._running_since = self._running_since, None
-            self.stats.record_batch(batch, outcomes, started, finished)
-            for item, outcome in zip(batch, outcomes):
-                self._answer(item, outcome)
+                error = exc
+            finished = time.monotonic()
+            self._running_since = None
+            try:
+                loop.call_soon_threadsafe(self._finish_batch, batch, output, error, started, finished)
+            except RuntimeError:
+                return  # the event loop has closed: nobody is waiting any more
+            batch = output = error = requests = None  # nothing of this batch lives on while the next one runs
+            batch = self._take_chained()
+
+    def _take_chained(self):
+        """The next batch, taken on the inference thread from what waited meanwhile: up to batch_size images, no
+        waiting for more. Requests already answered are dropped, and so are those whose deadline has passed: the
+        deadline's timer answers them (504) on the event loop."""
+        with self._waiting_lock:
+            if self._stopping:
+                return []
+            waiting = self._waiting
+            now = time.monotonic()
+            batch, images = [], 0
+            while waiting:
+                item = waiting[0]
+                if item.future.done() or item.deadline <= now:
+                    waiting.popleft()
+                    continue
+                if images + item.n_images > self.batch_size:
+                    break
+                batch.append(waiting.popleft())
+                images += item.n_images
+            return batch
+
+    def _finish_batch(self, batch, output, error, started, finished):
+        """On the event loop: one net_inference call's result to its callers (one outcome per request)."""
+        if error is not None:
+            log.error("app %s: net_inference raised", self.app, exc_info=error)
+            outcomes = batching.exception_outcomes(len(batch), error)
+        else:
+            outcomes = batching.split_outcomes(output, len(batch))
+        metrics.BATCH_SIZE.observe(self._metric_labels, sum(item.n_images for item in batch))
+        metrics.INFERENCE_LATENCY.observe(self._metric_labels, finished - started)
+        self.stats.record_batch(batch, outcomes, started, finished)
+        for item, outcome in zip(batch, outcomes):
+            self._answer(item, outcome)
 
