@@ -4,6 +4,7 @@ interleaved in one run.
     .venv/bin/python bench/bench_h2load.py [--rounds 3] [--requests 6000] [--in-flight 1,8,32]
                                            [--workers 1] [--connections 1]
                                            [--protocol kserve|native] [--models small,large] [--floor]
+                                           [--frontend auto|native|python] [--python-frontend]
 
 Needs h2load (Debian's nghttp2-client): `make bench-capacity` installs it when missing and runs this script.
 
@@ -12,7 +13,9 @@ Two CNNs are generated here with onnx.helper (fixed random weights, no download)
 served by a generic tensor app (batch_size 32, batch window 2 ms, preprocessing none), and, as the yardstick, by
 `bench/baseline_server.py`: a minimal grpc.aio server with a batcher and nothing else (the kind of server the
 project's notes measured at 1,205 requests/s at 1 in flight and 2,132 at 32). `--floor` adds that server with an
-empty handler (no inference): what gRPC in Python costs alone for this payload.
+empty handler (no inference): what gRPC in Python costs alone for this payload. `--python-frontend` adds serving
+itself with `--frontend python` (`serving_py`: grpc.aio serving the port, as before the native front end), and
+`vs py` is serving / serving_py.
 
 h2load sends one pre-encoded single-instance request (KServe v2 ModelInfer by default, or the native Infer to
 `serving`; the yardstick always speaks KServe) on one connection with 1, 8 and 32 streams in flight. The machine
@@ -249,9 +252,10 @@ def summarise(runs, raws, names, in_flights, servers):
                     by_round.setdefault(run["round"], {})[run["server"]] = run["requests_per_s"]
             vs_raw = [rates["serving"] / raws[name][r] for r, rates in by_round.items()]
             row["vs_raw"] = [median(vs_raw), min(vs_raw), max(vs_raw)]
-            if "baseline" in servers:
-                vs_base = [rates["serving"] / rates["baseline"] for rates in by_round.values()]
-                row["vs_baseline"] = [median(vs_base), min(vs_base), max(vs_base)]
+            for key, other in (("vs_baseline", "baseline"), ("vs_python", "serving_py")):
+                if other in servers:
+                    ratios = [rates["serving"] / rates[other] for rates in by_round.values()]
+                    row[key] = [median(ratios), min(ratios), max(ratios)]
             rows.append(row)
     return rows
 
@@ -260,13 +264,16 @@ def print_table(rows, servers):
     head = f"{'model':>6} {'in flight':>9} {'raw img/s':>9}"
     for server in servers:
         head += f" {server + ' req/s':>15} {'cpu ms':>6}"
-    head += f" {'vs base (range)':>18} {'vs raw (range)':>18} {'serving mean':>12}"
+    head += f" {'vs base (range)':>18} {'vs raw (range)':>18}"
+    if "serving_py" in servers:
+        head += f" {'vs py (range)':>18}"
+    head += f" {'serving mean':>12}"
     print(head)
     for row in rows:
         line = f"{row['model']:>6} {row['in_flight']:>9} {row['raw_images_per_s']:>9,.0f}"
         for server in servers:
             line += f" {row[server]['requests_per_s']:>15,.0f} {row[server]['cpu_ms_per_request']:>6.3f}"
-        for key in ("vs_baseline", "vs_raw"):
+        for key in ("vs_baseline", "vs_raw", *(["vs_python"] if "serving_py" in servers else [])):
             if key in row:
                 mid, low, high = row[key]
                 line += f" {mid:>6.2f} ({low:.2f}-{high:.2f})"
