@@ -426,11 +426,14 @@ class Batcher:
 
     def _finish_batch(self, batch, output, error, started, finished):
         """On the event loop: one net_inference call's result to its callers (one outcome per request)."""
+        if error is None:
+            try:  # reading the eval's rets runs its values' own code (truth tests, str(), bytes()): it can raise
+                outcomes = batching.split_outcomes(output, len(batch))
+            except _EVAL_FAILURES as exc:
+                error = exc
         if error is not None:
             log.error("app %s: net_inference raised", self.app, exc_info=error)
             outcomes = batching.exception_outcomes(len(batch), error)
-        else:
-            outcomes = batching.split_outcomes(output, len(batch))
         metrics.BATCH_SIZE.observe(self._metric_labels, sum(item.n_images for item in batch))
         metrics.INFERENCE_LATENCY.observe(self._metric_labels, finished - started)
         self.stats.record_batch(batch, outcomes, started, finished)

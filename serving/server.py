@@ -138,15 +138,21 @@ class ServingServer:
             registrar)
         address = f"{self.host}:{self.port}"
         if native:
-            self._frontend = NativeFrontend(address, registrar.generic_handlers, interceptors,
-                                            max_message_bytes=self.max_message_bytes,
-                                            max_concurrent_rpcs=self.max_concurrent_rpcs, share_port=self.share_port,
-                                            tls=self.tls)
-            self._server.add_insecure_port(self._frontend.backend_address)
             try:
+                self._frontend = NativeFrontend(address, registrar.generic_handlers, interceptors,
+                                                max_message_bytes=self.max_message_bytes,
+                                                max_concurrent_rpcs=self.max_concurrent_rpcs,
+                                                share_port=self.share_port, tls=self.tls)
+                try:
+                    self._server.add_insecure_port(self._frontend.backend_address)
+                except RuntimeError as exc:
+                    raise ServingError(BAD_REQUEST, f"cannot listen on {self._frontend.backend_address}: "
+                                                    f"{exc}") from None
                 # Calls relayed before the grpc.aio server starts wait for it (within their deadlines).
                 port = self._frontend.start()
             except ServingError:
+                if self._frontend is not None:
+                    await self._frontend.stop(0)  # never started: removes its socket folder
                 await self._close_metrics()
                 raise
         else:

@@ -8,6 +8,8 @@ grpc.aio server ends while its client still holds it open, passes cancellations 
 reaches net_inference), and reports which front end it runs.
 """
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -276,3 +278,148 @@ def test_an_unknown_front_end_is_refused():
     result = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--frontend", "cxx", "--port", "0"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--frontend: invalid choice: 'cxx'" in result.stderr
+
+
+# ---- metadata gRPC's clients cannot send ----------------------------------------------------------------------
+
+def _frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _header_field(name, value):
+    """An HPACK literal header field without indexing, no Huffman coding (lengths under 127)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def raw_call(port, path, metadata, body):
+    """A gRPC call sent as raw HTTP/2 with `metadata` as it is ((bytes, bytes) pairs a gRPC client would refuse to
+    send): whether the server ended the call (trailers or a reset) within 10 s."""
+    fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path.encode()),
+              (b":authority", f"127.0.0.1:{port}".encode()), (b"content-type", b"application/grpc"),
+              (b"te", b"trailers"), *metadata]
+    message = b"\x00" + len(body).to_bytes(4, "big") + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"")
+                           + _frame(1, 4, 1, b"".join(_header_field(k, v) for k, v in fields))
+                           + _frame(0, 1, 1, message))
+        received = b""
+        try:
+            while True:
+                while len(received) >= 9 and len(received) >= 9 + int.from_bytes(received[:3], "big"):
+                    length, kind, flags = int.from_bytes(received[:3], "big"), received[3], received[4]
+                    stream = int.from_bytes(received[5:9], "big") & 0x7FFFFFFF
+                    received = received[9 + length:]
+                    if stream == 1 and (kind == 3 or (kind in (0, 1) and flags & 1)):
+                        return True  # RST_STREAM, or the frame that ends the stream (trailers)
+                    if kind == 7:
+                        return True  # GOAWAY: the connection was refused as a whole
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return False
+                received += chunk
+        except socket.timeout:
+            return False
+
+
+BAD_METADATA = {
+    "a tab in a value": [(b"x-note", b"a\tb")],
+    "a byte over 0x7f in a value": [(b"x-note", b"caf\xe9")],
+    "an upper-case key": [(b"X-Note", b"1")],
+    "a key that is not UTF-8": [(b"x\xe9y", b"1")],
+}
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("what", list(BAD_METADATA))
+def test_metadata_grpc_clients_cannot_send_ends_only_its_own_call(servers, frontend, what):
+    # Relayed (health needs no token) and fast: each call is ended, and the server serves on; passed on unchecked
+    # to gRPC's client side, such a pair made grpc++ abort the whole worker.
+    server = servers[frontend]
+    for path, body in (("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest().SerializeToString()),
+                       (MODEL_INFER, kserve_request())):
+        assert raw_call(server.port, path, BAD_METADATA[what], body), (path, what)
+    assert server.proc.poll() is None, server.output[-3000:]
+    assert unary(server.target, MODEL_INFER, kserve_request())[0] == "OK"
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_request_id_that_is_not_ascii_is_read_as_grpc_aio_reads_it(servers, frontend):
+    # Handed to the handler as latin-1 text, as grpc.aio does, and sent back escaped with the 404 (the trailers
+    # are literal HPACK fields, so they can be found in the raw bytes).
+    answer = raw_call_answer(servers[frontend], [(REQUEST_ID_METADATA_KEY.encode(), b"caf\xe9")])
+    assert b"serving-code\x03404" in answer and b"x-request-id\x07caf\\xe9" in answer, answer
+
+
+def raw_call_answer(server, metadata):
+    """The raw bytes a native Infer to an unknown app, sent with `metadata`, gets back (trailers, undecoded)."""
+    fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER.encode()),
+              (b":authority", b"127.0.0.1"), (b"content-type", b"application/grpc"), (b"te", b"trailers"), *metadata]
+    body = native_request(app="nope")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b"")
+                           + _frame(1, 4, 1, b"".join(_header_field(k, v) for k, v in fields))
+                           + _frame(0, 1, 1, b"\x00" + len(body).to_bytes(4, "big") + body))
+        time.sleep(1)
+        return connection.recv(65536)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_metadata_up_to_grpc_aios_limit_is_taken(servers, frontend):
+    # gRPC 1.51's own default (8 KiB) refused what grpc.aio takes.
+    metadata = (("x-note", "n" * 8300),)
+    assert unary(servers[frontend].target, MODEL_INFER, kserve_request(), metadata)[0] == "OK"
+
+
+# ---- the grpc.aio server's private socket folder ---------------------------------------------------------------
+
+def socket_folders(parent):
+    return sorted(path.name for path in parent.glob("serving-grpc-*"))
+
+
+def test_a_tmpdir_too_long_for_a_socket_address_is_passed_over(tmp_path):
+    # A socket's path must fit a socket address (108 bytes): the folder goes to the next place (/tmp), instead of
+    # grpc.aio failing to bind and the worker to start.
+    parent = tmp_path / ("d" * 100)
+    parent.mkdir()
+    server = RunningServer(["--evals", str(TESTS / "apps_frontend"), "--frontend", "native"],
+                           env={"TMPDIR": str(parent)})
+    try:
+        assert unary(server.target, MODEL_INFER, kserve_request())[0] == "OK"
+        assert not socket_folders(parent)
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_socket_folders_of_dead_workers_are_removed(tmp_path):
+    # A worker killed before it could stop leaves its folder; the next one removes those whose socket nobody
+    # listens on, once a minute old, and leaves the rest alone.
+    def folder(name, listening=False, age_s=120):
+        path = tmp_path / name
+        path.mkdir(mode=0o700)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path / "grpc.sock"))
+        if listening:
+            sock.listen()
+            kept.append(sock)
+        else:
+            sock.close()
+        os.utime(path, (time.time() - age_s,) * 2)
+
+    kept = []
+    folder("serving-grpc-dead")
+    folder("serving-grpc-young", age_s=0)
+    folder("serving-grpc-alive", listening=True)
+    folder("other-dead")
+    server = RunningServer(["--evals", str(TESTS / "apps_frontend"), "--frontend", "native"],
+                           env={"TMPDIR": str(tmp_path)})
+    try:
+        mine = set(socket_folders(tmp_path)) - {"serving-grpc-young", "serving-grpc-alive"}
+        assert len(mine) == 1 and not (tmp_path / "serving-grpc-dead").exists(), socket_folders(tmp_path)
+        assert (tmp_path / "other-dead").exists()
+        (mine,) = mine
+        assert (tmp_path / mine).stat().st_mode & 0o777 == 0o700
+    finally:
+        assert server.stop() == 0
+        for sock in kept:
+            sock.close()
+    assert socket_folders(tmp_path) == ["serving-grpc-alive", "serving-grpc-young"]

@@ -238,6 +238,16 @@ def test_wrong_number_of_rets_fails_the_batch_with_500(apps_server):
     assert "returned 1 rets for 2 requests" in results[0]["error"]
 
 
+def test_rets_the_runtime_cannot_read_fail_their_batch_at_once(apps_server):
+    # A body that is a numpy array (what cv2.imencode returns) has no truth value: reading the rets raises. Its
+    # callers get 599 with the reason at once, not a 504 when their deadline (5 s for probe) has passed.
+    with client_for(apps_server) as client:
+        started = time.monotonic()
+        results = client.infer([{"i": 1}, {"i": 2}], params={"array_body": True})
+    assert time.monotonic() - started < 3
+    assert all(r["code"] == 599 and "truth value of an array" in r["error"] for r in results), results
+
+
 @pytest.mark.parametrize("code", [503, 571, 500])
 def test_batch_level_code_with_message_fails_every_request(apps_server, code):
     with client_for(apps_server) as client:

@@ -27,7 +27,9 @@ import importlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 
 import grpc
 
@@ -41,6 +43,13 @@ FAST_METHODS = ("/inference.GRPCInferenceService/ModelInfer", "/serving.v1.Infer
 MODES = ("auto", "native", "python")
 
 _REQUEST, _CANCEL = 0, 1
+# The grpc.aio server's socket: SOCKET_NAME in a folder FOLDER_PREFIX* of its own (see socket_folder).
+_FOLDER_PREFIX = "serving-grpc-"
+_SOCKET_NAME = "grpc.sock"
+# The longest path a Unix socket address holds (sockaddr_un.sun_path: 108 bytes with the terminating NUL).
+_MAX_SOCKET_PATH = 107
+# A folder of a dead worker is removed once it is this old (seconds).
+_DEAD_FOLDER_AGE_S = 60
 _OK = grpc.StatusCode.OK.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
@@ -68,6 +77,56 @@ def resolve_mode(mode):
                                             "run `make install`, or serve with --frontend python")
         return "python"
     return "native"
+
+
+def socket_folder():
+    """A new folder, mode 0700, for the grpc.aio server's Unix socket. The first of TMPDIR, /tmp, /var/tmp and
+    /dev/shm (a tmpfs, writable where the root file system is read-only) that takes a folder and where the socket's
+    path fits a socket address; never the working directory, where tempfile would fall back. Folders that workers
+    which died without stopping left in that place (a socket that refuses connections: nothing listens) are
+    removed first. ServingError (400) saying what was tried when no place will do."""
+    tried = []
+    for parent in dict.fromkeys(p for p in (os.environ.get("TMPDIR"), "/tmp", "/var/tmp", "/dev/shm") if p):
+        _remove_dead_folders(parent)
+        try:
+            folder = tempfile.mkdtemp(prefix=_FOLDER_PREFIX, dir=parent)
+        except OSError as exc:  # missing, read-only, not ours
+            tried.append(f"{parent}: {exc.strerror or exc}")
+            continue
+        if len(os.fsencode(os.path.join(folder, _SOCKET_NAME))) <= _MAX_SOCKET_PATH:
+            return folder
+        os.rmdir(folder)
+        tried.append(f"{parent}: the path is too long for a Unix socket")
+    raise ServingError(BAD_REQUEST, "the native front end needs a writable folder for its private Unix socket ("
+                                    + "; ".join(tried) + "): set TMPDIR to a short writable path, or serve with "
+                                    "--frontend python")
+
+
+def _remove_dead_folders(parent):
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    uid = os.getuid()
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        # A minute old at least: a server that has just made its folder may not listen yet.
+        if (not entry.name.startswith(_FOLDER_PREFIX) or info.st_uid != uid
+                or time.time() - info.st_mtime < _DEAD_FOLDER_AGE_S):
+            continue
+        path = os.path.join(entry.path, _SOCKET_NAME)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:  # a socket file nobody listens on: its process is gone
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass  # no socket yet (a server starting), or one that is busy: not ours to judge
+        finally:
+            probe.close()
 
 
 class _HandlerCallDetails(collections.namedtuple("_HandlerCallDetails", ("method", "invocation_metadata")),
@@ -127,8 +186,8 @@ class NativeFrontend:
         self._generic_handlers = generic_handlers
         self._interceptors = tuple(interceptors)
         self._handlers = {}  # method -> handler, when there are no interceptors (they may differ per call)
-        self._folder = tempfile.mkdtemp(prefix="serving-grpc-")  # 0700
-        self.backend_address = "unix:" + os.path.join(self._folder, "grpc.sock")
+        self._folder = socket_folder()
+        self.backend_address = "unix:" + os.path.join(self._folder, _SOCKET_NAME)
         tls_pems = None if tls is None else (tls.cert_pem, tls.key_pem, tls.client_ca_pem)
         self._frontend = extension.Frontend(address, self.backend_address, FAST_METHODS, int(max_message_bytes),
                                             int(max_concurrent_rpcs or 0), bool(share_port), tls_pems)
@@ -179,10 +238,10 @@ class NativeFrontend:
                     task.cancel()
                 else:
                     cancelled.add(call_id)  # a call of this same batch: it never starts
-        for kind, call_id, method, payload, metadata, timeout in events:
+        for kind, call_id, method, payload, metadata, deadline in events:
             if kind == _CANCEL or call_id in cancelled:
                 continue
-            deadline = None if timeout is None else loop.time() + timeout
+            # The deadline is on the steady clock, the event loop's (time.monotonic()), as of the call's arrival.
             task = loop.create_task(self._serve(call_id, FAST_METHODS[method], payload, metadata, deadline))
             calls[call_id] = task
 
@@ -212,22 +271,34 @@ class NativeFrontend:
 
     async def _serve(self, call_id, method, payload, metadata, deadline):
         context = FastContext(metadata, deadline, self._loop)
-        respond = self._frontend.respond
+        try:
+            answer = await self._answer(method, payload, metadata, context)
+        except asyncio.CancelledError:
+            return  # the caller cancelled (or its deadline passed): the front end has ended the call already
+        finally:
+            self._calls.pop(call_id, None)
+        try:
+            self._frontend.respond(call_id, *answer)
+        except Exception:  # noqa: BLE001 -- an answer the extension refuses (a trailing value of another type)
+            log.exception("cannot send the answer of %s", method)
+            self._frontend.respond(call_id, _UNKNOWN.value[0], "Unexpected error: the answer could not be sent",
+                                   None, b"")
+
+    async def _answer(self, method, payload, metadata, context):
+        """(status, details, trailing metadata, response bytes) of one fast call, as grpc.aio would answer it."""
         try:
             handler = await self._handler(method, metadata)
             if handler is None or handler.unary_unary is None:
-                respond(call_id, _UNIMPLEMENTED.value[0], "Method not found!", None, b"")
-                return
+                return _UNIMPLEMENTED.value[0], "Method not found!", None, b""
             request = payload if handler.request_deserializer is None else handler.request_deserializer(payload)
             response = await handler.unary_unary(request, context)
             serializer = handler.response_serializer
-            respond(call_id, _OK, "", context.trailing, response if serializer is None else serializer(response))
+            return _OK, "", context.trailing, response if serializer is None else serializer(response)
         except grpc.aio.AbortError:
-            respond(call_id, context.code.value[0], context.details or "", context.trailing, b"")
+            code = context.code if context.code is not None else _UNKNOWN
+            return code.value[0], context.details or "", context.trailing, b""
         except asyncio.CancelledError:
-            pass  # the caller cancelled (or its deadline passed): the front end has ended the call already
+            raise
         except Exception as exc:  # a bug: as grpc.aio answers it, never a traceback on the wire
             log.exception("unexpected error in %s", method)
-            respond(call_id, _UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"[:1000], context.trailing, b"")
-        finally:
-            self._calls.pop(call_id, None)
+            return _UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}"[:1000], context.trailing, b""

@@ -50,6 +50,10 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;
 // (serving.errors.CONCURRENCY_LIMIT_DETAILS).
 const char kConcurrencyLimit[] = "Concurrent RPC limit exceeded!";
 
+// The most metadata a call may carry, as grpc.aio takes it: gRPC 1.51's default (8 KiB) refused calls that the
+// Python front end serves (a long bearer token), up to grpc.aio's hard limit of 16 KiB.
+const int kMaxMetadataBytes = 16 << 10;
+
 enum EventKind { kRequest = 0, kCancel = 1 };
 
 struct Event {
@@ -59,7 +63,7 @@ struct Event {
   std::vector<grpc::Slice> payload;
   size_t size = 0;
   Metadata metadata;
-  double timeout;  // seconds; < 0: the caller set no deadline
+  double deadline;  // on the steady (CLOCK_MONOTONIC) clock, Python's time.monotonic(); < 0: none
 };
 
 // Metadata that belongs to the transport: never copied onto the relayed call, nor handed to Python. gRPC reserves
@@ -74,22 +78,45 @@ bool IsTransportKey(const grpc::string_ref& key) {
   return false;
 }
 
-Metadata CopyMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& from) {
+bool IsBinaryKey(const char* key, size_t size) { return size > 4 && std::memcmp(key + size - 4, "-bin", 4) == 0; }
+
+// Whether gRPC lets an application send this pair: a key of [0-9a-z_.-] and, unless the key ends in "-bin", a
+// value of printable ASCII. What a peer sends may be more than that (gRPC 1.51 receives a tab or a byte >= 0x80 in
+// a value, an upper-case key), and passing such a pair on makes grpc++ abort the whole process
+// (GRPC_CALL_ERROR_INVALID_METADATA): nothing received is sent on, nor handed to Python, unchecked.
+bool IsSendable(const char* key, size_t key_size, const char* value, size_t value_size) {
+  if (!grpc_header_key_is_legal(grpc_slice_from_static_buffer(key, key_size))) return false;
+  return IsBinaryKey(key, key_size) ||
+         grpc_header_nonbin_value_is_legal(grpc_slice_from_static_buffer(value, value_size)) != 0;
+}
+
+bool IsSendable(const grpc::string_ref& key, const grpc::string_ref& value) {
+  return IsSendable(key.data(), key.size(), value.data(), value.size());
+}
+
+// The pairs of `from` to pass on to the relayed call's other side, or (`to_python`) to Python: there any value of
+// a legal key goes, as grpc.aio hands it to its handlers (MetadataTuple decodes it).
+Metadata CopyMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& from, bool to_python = false) {
   Metadata out;
   out.reserve(from.size());
   for (const auto& kv : from) {
     if (IsTransportKey(kv.first)) continue;
+    bool passes = to_python ? grpc_header_key_is_legal(grpc_slice_from_static_buffer(kv.first.data(),
+                                                                                      kv.first.size())) != 0
+                            : IsSendable(kv.first, kv.second);
+    if (!passes) continue;
     out.emplace_back(std::string(kv.first.data(), kv.first.size()), std::string(kv.second.data(), kv.second.size()));
   }
   return out;
 }
 
-double SecondsUntil(std::chrono::system_clock::time_point deadline) {
-  auto now = std::chrono::system_clock::now();
+// A caller's deadline on the steady clock (seconds), or -1 for none.
+double SteadyDeadline(std::chrono::system_clock::time_point deadline) {
+  auto left = deadline - std::chrono::system_clock::now();
   // An infinite deadline is far in the future (gpr_inf_future): years away means none.
-  if (deadline - now > std::chrono::hours(24 * 365)) return -1.0;
-  double left = std::chrono::duration<double>(deadline - now).count();
-  return left > 0 ? left : 0.0;
+  if (left > std::chrono::hours(24 * 365)) return -1.0;
+  if (left < std::chrono::system_clock::duration::zero()) left = std::chrono::system_clock::duration::zero();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch() + left).count();
 }
 
 class Frontend;
@@ -286,8 +313,8 @@ class Frontend {
     event.method = method;
     if (!request->Dump(&event.payload).ok()) event.payload.clear();
     event.size = request->Length();
-    event.metadata = CopyMetadata(context->client_metadata());
-    event.timeout = SecondsUntil(context->deadline());
+    event.metadata = CopyMetadata(context->client_metadata(), true);
+    event.deadline = SteadyDeadline(context->deadline());
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -328,7 +355,7 @@ class Frontend {
     event.kind = kCancel;
     event.id = call->id_;
     event.method = -1;
-    event.timeout = -1;
+    event.deadline = -1;
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -362,7 +389,10 @@ void Frontend::RunFinisher() {
 void Frontend::Finish(Reply* reply) {
   FastCall* call = reply->call;
   if (reply->status == 0) *call->response_ = ByteBuffer(&reply->payload, 1);
-  for (auto& kv : reply->trailing) call->context_->AddTrailingMetadata(kv.first, kv.second);
+  for (auto& kv : reply->trailing) {
+    if (IsSendable(kv.first.data(), kv.first.size(), kv.second.data(), kv.second.size()))
+      call->context_->AddTrailingMetadata(kv.first, kv.second);
+  }
   call->Finish(reply->status == 0 ? Status::OK
                                   : Status(static_cast<StatusCode>(reply->status), std::move(reply->details)));
 }
@@ -405,11 +435,7 @@ grpc::ServerGenericBidiReactor* ProxyService::CreateReactor(grpc::GenericCallbac
 
 ProxyCall::ProxyCall(Frontend* frontend, grpc::GenericCallbackServerContext* context)
     : frontend_(frontend), context_(context), backend_(this) {
-  for (const auto& kv : context->client_metadata()) {
-    if (IsTransportKey(kv.first)) continue;
-    client_context_.AddMetadata(std::string(kv.first.data(), kv.first.size()),
-                                std::string(kv.second.data(), kv.second.size()));
-  }
+  for (auto& kv : CopyMetadata(context->client_metadata())) client_context_.AddMetadata(kv.first, kv.second);
   client_context_.set_deadline(context->deadline());
   // The backend is this process's own grpc.aio server: a call that arrives while it is still starting waits for
   // it (within the caller's deadline) rather than failing.
@@ -479,11 +505,8 @@ void ProxyCall::Unref() {
 void ProxyCall::Backend::OnReadInitialMetadataDone(bool ok) {
   std::lock_guard<std::mutex> lock(call_->mu_);
   if (!ok || call_->initial_sent_) return;
-  for (const auto& kv : call_->client_context_.GetServerInitialMetadata()) {
-    if (IsTransportKey(kv.first)) continue;
-    call_->context_->AddInitialMetadata(std::string(kv.first.data(), kv.first.size()),
-                                        std::string(kv.second.data(), kv.second.size()));
-  }
+  for (auto& kv : CopyMetadata(call_->client_context_.GetServerInitialMetadata()))
+    call_->context_->AddInitialMetadata(kv.first, kv.second);
   call_->backend_initial_ = true;
 }
 
@@ -514,11 +537,8 @@ void ProxyCall::Backend::OnDone(const Status& status) {
     std::lock_guard<std::mutex> lock(call_->mu_);
     call_->backend_done_ = true;
     call_->writing_ = call_->reading_ = false;
-    for (const auto& kv : call_->client_context_.GetServerTrailingMetadata()) {
-      if (IsTransportKey(kv.first)) continue;
-      call_->context_->AddTrailingMetadata(std::string(kv.first.data(), kv.first.size()),
-                                           std::string(kv.second.data(), kv.second.size()));
-    }
+    for (auto& kv : CopyMetadata(call_->client_context_.GetServerTrailingMetadata()))
+      call_->context_->AddTrailingMetadata(kv.first, kv.second);
   }
   call_->Finish(status);  // outside the lock: its completion runs reactions of this call
   call_->Unref();
@@ -636,6 +656,7 @@ PyObject* Start(PyObject* object, PyObject*) {
   // No bandwidth probing towards the backend: its flow-control window stays at the default, so a stream whose
   // backend has stopped reading (serving.servicers.kserve.MAX_STREAM_BYTES) holds little more in the relay.
   channel_args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  channel_args.SetInt(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
   auto channel = grpc::CreateCustomChannel(frontend->backend, grpc::InsecureChannelCredentials(), channel_args);
   frontend->stub = std::make_unique<grpc::GenericStub>(channel);
   frontend->fast_service = std::make_unique<FastService>(frontend, frontend->fast_methods);
@@ -656,6 +677,7 @@ PyObject* Start(PyObject* object, PyObject*) {
   builder.SetMaxReceiveMessageSize(frontend->max_message_bytes);
   builder.SetMaxSendMessageSize(frontend->max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, frontend->share_port ? 1 : 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
   builder.RegisterService(frontend->fast_service.get());
   builder.RegisterCallbackGenericService(frontend->proxy_service.get());
   frontend->server = builder.BuildAndStart();
@@ -683,26 +705,55 @@ PyObject* MetadataTuple(const Metadata& metadata) {
   for (size_t i = 0; i < metadata.size(); ++i) {
     const auto& key = metadata[i].first;
     const auto& value = metadata[i].second;
-    bool binary = key.size() > 4 && key.compare(key.size() - 4, 4, "-bin") == 0;
-    // As grpc.aio gives them: str values, bytes for binary ("-bin") keys. Non-ASCII text values are decoded as
-    // latin-1 (HTTP/2 header values are bytes; gRPC allows printable ASCII only).
-    PyObject* pair = Py_BuildValue(binary ? "(s#y#)" : "(s#s#)", key.data(), (Py_ssize_t)key.size(), value.data(),
-                                   (Py_ssize_t)value.size());
-    if (pair == nullptr) {
-      PyErr_Clear();
-      pair = Py_BuildValue("(s#y#)", key.data(), (Py_ssize_t)key.size(), value.data(), (Py_ssize_t)value.size());
-      if (pair == nullptr) {
-        Py_DECREF(tuple);
-        return nullptr;
+    // As grpc.aio gives them: bytes for a binary ("-bin") key, else str, decoded as UTF-8, or as latin-1 where that
+    // fails (grpc.aio's fallback too).
+    PyObject* text;
+    if (IsBinaryKey(key.data(), key.size())) {
+      text = PyBytes_FromStringAndSize(value.data(), static_cast<Py_ssize_t>(value.size()));
+    } else {
+      text = PyUnicode_DecodeUTF8(value.data(), static_cast<Py_ssize_t>(value.size()), nullptr);
+      if (text == nullptr) {
+        PyErr_Clear();
+        text = PyUnicode_DecodeLatin1(value.data(), static_cast<Py_ssize_t>(value.size()), nullptr);
       }
+    }
+    PyObject* pair = text == nullptr ? nullptr : Py_BuildValue("(s#N)", key.data(), (Py_ssize_t)key.size(), text);
+    if (pair == nullptr) {
+      Py_DECREF(tuple);
+      return nullptr;
     }
     PyTuple_SET_ITEM(tuple, i, pair);
   }
   return tuple;
 }
 
-// take() -> [(kind, id, method, payload, metadata, timeout)]: what arrived since the last take (kind 0: a call of
-// fast_methods[method]; kind 1: call `id` was cancelled, the other fields None). Reads the event fd first.
+// One event as Python's tuple, or null with a Python error set.
+PyObject* EventTuple(const Event& event) {
+  if (event.kind == kCancel) {
+    return Py_BuildValue("(iKOOOO)", kCancel, (unsigned long long)event.id, Py_None, Py_None, Py_None, Py_None);
+  }
+  PyObject* payload = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(event.size));
+  if (payload == nullptr) return nullptr;
+  char* at = PyBytes_AS_STRING(payload);
+  size_t copied = 0;
+  for (const auto& slice : event.payload) {
+    size_t n = std::min(slice.size(), event.size - copied);
+    std::memcpy(at + copied, slice.begin(), n);
+    copied += n;
+  }
+  PyObject* metadata = MetadataTuple(event.metadata);
+  if (metadata == nullptr) {
+    Py_DECREF(payload);
+    return nullptr;
+  }
+  PyObject* deadline = event.deadline < 0 ? (Py_INCREF(Py_None), Py_None) : PyFloat_FromDouble(event.deadline);
+  return Py_BuildValue("(iKiNNN)", kRequest, (unsigned long long)event.id, event.method, payload, metadata, deadline);
+}
+
+// take() -> [(kind, id, method, payload, metadata, deadline)]: what arrived since the last take (kind 0: a call of
+// fast_methods[method], its deadline on time.monotonic()'s clock or None; kind 1: call `id` was cancelled, the
+// other fields None). Reads the event fd first. A call that cannot be handed over (no memory for it) is answered
+// INTERNAL here, and the others go on.
 PyObject* Take(PyObject* object, PyObject*) {
   Frontend* frontend = reinterpret_cast<FrontendObject*>(object)->frontend;
   uint64_t count;
@@ -713,41 +764,20 @@ PyObject* Take(PyObject* object, PyObject*) {
     std::lock_guard<std::mutex> lock(frontend->mu);
     events.swap(frontend->inbound);
   }
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(events.size()));
+  PyObject* list = PyList_New(0);
   if (list == nullptr) return nullptr;
-  for (size_t i = 0; i < events.size(); ++i) {
-    Event& event = events[i];
-    PyObject* item;
-    if (event.kind == kCancel) {
-      item = Py_BuildValue("(iKOOOO)", kCancel, (unsigned long long)event.id, Py_None, Py_None, Py_None, Py_None);
-    } else {
-      PyObject* payload = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(event.size));
-      if (payload == nullptr) {
-        Py_DECREF(list);
-        return nullptr;
-      }
-      char* at = PyBytes_AS_STRING(payload);
-      size_t copied = 0;
-      for (const auto& slice : event.payload) {
-        size_t n = std::min(slice.size(), event.size - copied);
-        std::memcpy(at + copied, slice.begin(), n);
-        copied += n;
-      }
-      PyObject* metadata = MetadataTuple(event.metadata);
-      if (metadata == nullptr) {
-        Py_DECREF(payload);
-        Py_DECREF(list);
-        return nullptr;
-      }
-      PyObject* timeout = event.timeout < 0 ? (Py_INCREF(Py_None), Py_None) : PyFloat_FromDouble(event.timeout);
-      item = Py_BuildValue("(iKiNNN)", kRequest, (unsigned long long)event.id, event.method, payload, metadata,
-                           timeout);
+  for (const Event& event : events) {
+    PyObject* item = EventTuple(event);
+    if (item == nullptr || PyList_Append(list, item) < 0) {
+      Py_XDECREF(item);
+      PyErr_Clear();
+      FastCall* call = event.kind == kRequest ? frontend->Claim(event.id) : nullptr;
+      if (call != nullptr)
+        frontend->QueueReply(Reply{call, static_cast<int>(StatusCode::INTERNAL), "the call could not be handed to "
+                                   "Python (out of memory)", {}, grpc::Slice()});
+      continue;
     }
-    if (item == nullptr) {
-      Py_DECREF(list);
-      return nullptr;
-    }
-    PyList_SET_ITEM(list, i, item);
+    Py_DECREF(item);
   }
   return list;
 }

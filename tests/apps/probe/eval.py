@@ -1,7 +1,8 @@
 """A test app that reports what the runtime did: batch sizes, the thread it ran on, the values it received.
 
 Params steer failures: {"raise": true} raises in net_inference, {"exit": true} calls sys.exit there,
-{"wrong_count": true} returns one ret too few, {"batch_fail": [code, message]} fails the batch, {"sleep_ms": n}
+{"wrong_count": true} returns one ret too few, {"array_body": true} returns its body as a numpy array
+(a ret the runtime cannot read: its truth value is ambiguous), {"batch_fail": [code, message]} fails the batch, {"sleep_ms": n}
 sleeps, {"hang_s": n} blocks that long. An instance's attribute {"fail": code} fails that instance only;
 {"pre_fail": code} fails it in net_preprocess ({"pre_exit": true}: sys.exit there); {"mark": text} is remembered,
 and every result lists the marks seen so far (to prove what never arrived).
@@ -98,4 +99,7 @@ def _infer(model, requests):
         rets.append(ret)
     if any(r["params"].get("wrong_count") for r in requests):
         rets = rets[:-1]
+    if any(r["params"].get("array_body") for r in requests):
+        for ret in rets:
+            ret["body"] = np.arange(4, dtype=np.uint8)
     return rets, 0, ""
