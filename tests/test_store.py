@@ -572,7 +572,8 @@ def test_cli_refuses_what_it_cannot_read_or_store_with_exit_2(tmp_path):
             (("dataset", "import", "--coco", deep, "--images", tmp_path / "images"), "nests too deeply"),
             (("dataset", "import", "--coco", nul, "--images", tmp_path / "images"),
              "image 2 ('sub/b.png\\x00x'): file name is not a path: it holds a NUL character"),
-            (("store", "ls", "--limit", "-1"), "bad limit -1")):
+            (("store", "ls", "--limit", "-1"), "bad limit -1"),
+            (("store", "gc", "--min-age", "-5"), "bad min_age_s -5.0: expected seconds, 0 or more")):
         result = run_cli(*args, data_dir=data_dir, expect=2)
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert result.stdout == ""

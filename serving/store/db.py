@@ -621,8 +621,12 @@ class Store:
         was removed fails instead of pointing at nothing (module docstring). One folder at a time keeps the
         lock short: writers wait for one folder's work, not the whole store's.
         """
+        # A negative age would make files not yet written count as old: a write in progress could lose its blob.
+        if (isinstance(min_age_s, bool) or not isinstance(min_age_s, (int, float)) or min_age_s < 0
+                or min_age_s != min_age_s):  # (NaN)
+            raise StoreError(BAD_REQUEST, f"bad min_age_s {min_age_s!r}: expected seconds, 0 or more")
         removed = []
-        cutoff = time.time() - min_age_s
+        cutoff = time.time() - min_age_s  # file ages: modification times are wall-clock times
         conn = self._connection()
         try:
             folders = sorted(path for path in self.blobs_dir.iterdir() if path.is_dir())
