@@ -168,6 +168,17 @@ def test_labels_kind_and_task_auto_detection():
         parse_labels(["a.png"])
 
 
+def test_two_spellings_of_one_file_are_refused_unless_they_agree():
+    # "sub\\b.png" and "./sub/b.png" are one file: with two labels, one of them would be scored silently.
+    with pytest.raises(ValueError, match=r"'sub\\\\b.png' and './sub/b.png' name the same file with different labels"):
+        parse_labels({"sub\\b.png": "x", "./sub/b.png": "y"}, source="labels.json")
+    assert parse_labels({"sub\\b.png": "x", "./sub/b.png": "x"}).data == {"sub/b.png": "x"}
+    coco = coco_ground_truth()
+    coco["images"].append({**coco["images"][0], "id": 99, "file_name": "./" + coco["images"][0]["file_name"]})
+    with pytest.raises(ValueError, match="name the same file"):
+        parse_labels(coco)
+
+
 def test_names_match_exactly_else_by_unique_basename():
     matched = match_names(["lot/a.png", "x/b.png", "y/b.png", "c.png"], ["a.png", "b.png", "c.png"])
     # b.png is ambiguous on the run's side, so neither run file takes it.

@@ -112,7 +112,7 @@ def parse_labels(obj, source="<memory>"):
         raise ValueError(f"{source}: labels must be a JSON object, not {type(obj).__name__}")
     if {"images", "annotations", "categories"} <= obj.keys():
         return Labels(kind=LABELS_COCO, data=normalize_coco(obj, source=source), source=source)
-    mapping = {}
+    mapping, spelled = {}, {}
     for name, value in obj.items():
         # bool is an int subclass; a true/false label is almost surely a wrong file, so refuse it.
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -120,7 +120,11 @@ def parse_labels(obj, source="<memory>"):
                 f"{source}: expected a COCO file or an object of file name -> string label; "
                 f"the label of {name!r} is {type(value).__name__}"
             )
-        mapping[normalize_name(name)] = str(value)
+        key = normalize_name(name)
+        if key in mapping and mapping[key] != str(value):
+            raise ValueError(f"{source}: {spelled[key]!r} and {name!r} name the same file with different labels "
+                             f"({mapping[key]!r}, {str(value)!r})")
+        mapping[key], spelled[key] = str(value), name
     return Labels(kind=LABELS_MAPPING, data=mapping, source=source)
 
 
@@ -142,12 +146,17 @@ def normalize_coco(dataset, source="<memory>"):
     for key in ("images", "annotations", "categories"):
         if not isinstance(dataset.get(key), list):
             raise ValueError(f"{source}: COCO '{key}' must be a list")
-    images = []
+    images, spelled = [], {}
     for image in dataset["images"]:
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             raise ValueError(f"{source}: every COCO image needs 'id' and 'file_name': {image!r}")
         _check_coco_id(image["id"], "image", source)
-        images.append({**image, "file_name": normalize_name(image["file_name"])})
+        file_name = normalize_name(image["file_name"])
+        if file_name in spelled:  # one file's predictions would be scored against two images' boxes
+            raise ValueError(f"{source}: COCO images {spelled[file_name]!r} and {image['file_name']!r} name the "
+                             "same file")
+        spelled[file_name] = image["file_name"]
+        images.append({**image, "file_name": file_name})
     categories = []
     for category in dataset["categories"]:
         if not isinstance(category, dict) or "id" not in category or "name" not in category:
