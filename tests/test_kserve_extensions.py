@@ -14,7 +14,8 @@ against a real server of tests/apps (probe echoes the params it received).
   answers, rather than a deadline silently not applied.
 - harmless and kept: `binary_data` on an output, `binary_data_output`, `priority`, sequence parameters and
   `headers` (gRPC metadata) do not change the answer; `priority` and the sequence parameters reach the eval in
-  `params`. A version other than "" or "1" is NOT_FOUND (ModelReady: not ready).
+  `params`, and like `timeout` must be of a kind Triton takes (INVALID_ARGUMENT otherwise). A version other than ""
+  or "1" is NOT_FOUND (ModelReady: not ready).
 """
 import json
 import queue
@@ -193,6 +194,21 @@ def test_priority_sequence_parameters_and_headers_change_nothing_but_reach_the_e
                           headers={"x-custom": "1"})
     assert params_seen(result) == {"priority": 2, "sequence_id": 42, "sequence_start": True, "sequence_end": False}
     assert result.as_numpy("code").tolist() == [0]
+
+
+@pytest.mark.parametrize("key, kind, value", [("priority", "string_param", "high"), ("priority", "int64_param", -1),
+                                               ("sequence_id", "double_param", 4.2),
+                                               ("sequence_start", "int64_param", 1), ("sequence_end", "string_param", "y")])
+def test_triton_parameters_of_a_kind_triton_refuses_are_invalid_argument(stub, key, kind, value):
+    request = service_pb2.ModelInferRequest(model_name="probe")
+    tensor = attributes({})
+    request.inputs.append(tensor._get_tensor())
+    request.raw_input_contents.append(tensor._get_content())
+    setattr(request.parameters[key], kind, value)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(f"parameter {key!r} must be ") and kind in caught.value.details()
 
 
 def test_binary_data_parameters_are_harmless(stub):

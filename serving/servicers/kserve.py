@@ -36,7 +36,9 @@ what is not supported, never ignored (ignored, a client would read its own regio
 answer); TraceSetting and LogSettings are UNIMPLEMENTED saying what to use instead. A `timeout` parameter that is
 not an integer number of microseconds >= 0 is INVALID_ARGUMENT (as Triton answers): a deadline is never dropped
 silently. `binary_data`, `binary_data_output` (HTTP-only in Triton), `priority` and the sequence parameters change
-nothing here beyond reaching the eval in `params`: there is no priority queue and no sequence batcher. Every
+nothing here beyond reaching the eval in `params`: there is no priority queue and no sequence batcher; like
+`timeout`, they must be of the kinds Triton takes (`priority` an int64 >= 0 or uint64, `sequence_id` an integer or
+a string, `sequence_start` and `sequence_end` booleans), or the call is INVALID_ARGUMENT. Every
 ModelStreamInfer answer is marked `triton_final_response: true`: each request has exactly one answer, as from a
 Triton model that is not decoupled, so clients that read until that flag finish.
 
@@ -220,11 +222,35 @@ def _parameter_value(parameter):
     return getattr(parameter, kind) if kind else None
 
 
+# Triton's own request parameters and the kinds Triton takes for each: another kind is INVALID_ARGUMENT, as Triton
+# answers it, rather than reaching the eval as something it did not ask for (`timeout`: request_timeout_s).
+_TRITON_PARAMETERS = {
+    "priority": ("int64_param", "uint64_param"),
+    "sequence_id": ("int64_param", "uint64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+}
+
+
+def _check_triton_parameters(parameters):
+    for key, kinds in _TRITON_PARAMETERS.items():
+        parameter = parameters.get(key)
+        if parameter is None:
+            continue
+        kind = parameter.WhichOneof("parameter_choice")
+        value = _parameter_value(parameter)
+        if kind not in kinds or (kind == "int64_param" and key == "priority" and value < 0):
+            raise ServingError(BAD_REQUEST, f"parameter {key!r} must be {' or '.join(kinds)}"
+                                            f"{' >= 0' if key == 'priority' else ''}, got {kind or 'no value'} "
+                                            f"{repr(value)[:40]}")
+
+
 def request_params(request):
     """The eval params of a request: the JSON object of a string parameter `params`, then every other
-    parameter by name."""
+    parameter by name. ServingError (400) for a Triton parameter of a kind Triton refuses."""
     if not request.parameters:
         return {}
+    _check_triton_parameters(request.parameters)
     params = {}
     packed = request.parameters.get("params")
     if packed is not None and packed.WhichOneof("parameter_choice") == "string_param":
