@@ -19,7 +19,7 @@ from serving.request_decoding import DecodingRegistrar
 from serving.dataplane import DataPlane
 from serving.errors import BAD_REQUEST, ServingError
 from serving.proto import inference_pb2, inference_pb2_grpc, store_pb2, store_pb2_grpc
-from serving.frontend import NativeFrontend, resolve_mode
+from serving.frontend import MAX_METADATA_BYTES, NativeFrontend, resolve_mode
 from serving.servicers.kserve import KSERVE_SERVICE, add_kserve_servicer_to_server
 from serving.servicers.native import NativeServicer
 from serving.inspection import Inspection
@@ -117,6 +117,11 @@ class ServingServer:
             self._serve_metrics()
         interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens is not None else []
         native = self.frontend_mode == "native"
+        if native:
+            # The front end has applied the metadata limit (serving.frontend.MAX_METADATA_BYTES) to what it relays:
+            # grpc.aio's own soft limit would then refuse some of the calls it let through, at random.
+            options += [("grpc.max_metadata_size", 2 * MAX_METADATA_BYTES),
+                        ("grpc.absolute_max_metadata_size", 2 * MAX_METADATA_BYTES)]
         # Behind the native front end, which counts every call against the limit, the grpc.aio server sees only the
         # relayed ones: a second count there would refuse nothing the first one let through.
         self._server = grpc.aio.server(options=options, interceptors=interceptors,

@@ -42,6 +42,10 @@ FAST_METHODS = ("/inference.GRPCInferenceService/ModelInfer", "/serving.v1.Infer
 
 MODES = ("auto", "native", "python")
 
+#: The most metadata a call may carry through the native front end (frontend.cc's kMaxMetadataBytes): grpc.aio's
+#: hard limit, below which grpc.aio itself refuses calls only now and then (over its "soft" limit of 8 KiB).
+MAX_METADATA_BYTES = 16 * 1024
+
 _REQUEST, _CANCEL = 0, 1
 # The grpc.aio server's socket: SOCKET_NAME in a folder FOLDER_PREFIX* of its own (see socket_folder).
 _FOLDER_PREFIX = "serving-grpc-"
@@ -190,7 +194,8 @@ class NativeFrontend:
         self.backend_address = "unix:" + os.path.join(self._folder, _SOCKET_NAME)
         tls_pems = None if tls is None else (tls.cert_pem, tls.key_pem, tls.client_ca_pem)
         self._frontend = extension.Frontend(address, self.backend_address, FAST_METHODS, int(max_message_bytes),
-                                            int(max_concurrent_rpcs or 0), bool(share_port), tls_pems)
+                                            int(max_concurrent_rpcs or 0), bool(share_port), tls_pems,
+                                            MAX_METADATA_BYTES)
         self._calls = {}  # call id -> the task serving it
         self._loop = None
         self._stopped = False

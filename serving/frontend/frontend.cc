@@ -50,9 +50,6 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;
 // (serving.errors.CONCURRENCY_LIMIT_DETAILS).
 const char kConcurrencyLimit[] = "Concurrent RPC limit exceeded!";
 
-// The most metadata a call may carry, as grpc.aio takes it: gRPC 1.51's default (8 KiB) refused calls that the
-// Python front end serves (a long bearer token), up to grpc.aio's hard limit of 16 KiB.
-const int kMaxMetadataBytes = 16 << 10;
 
 enum EventKind { kRequest = 0, kCancel = 1 };
 
@@ -217,6 +214,9 @@ class Frontend {
   std::vector<std::string> fast_methods;
   int max_message_bytes = 4 << 20;
   int max_concurrent = 0;  // 0: no limit
+  // The most metadata a call may carry. gRPC 1.51's default (8 KiB) refused calls grpc.aio takes (a long bearer
+  // token); Python passes grpc.aio's hard limit (serving.frontend.MAX_METADATA_BYTES).
+  int max_metadata_bytes = 16 << 10;
   bool share_port = false;
   bool tls = false;
   std::string cert_pem, key_pem, client_ca_pem;
@@ -576,23 +576,24 @@ bool StringOf(PyObject* value, std::string* out, const char* what) {
   return true;
 }
 
-// Frontend(address, backend, fast_methods, max_message_bytes, max_concurrent, share_port, tls)
+// Frontend(address, backend, fast_methods, max_message_bytes, max_concurrent, share_port, tls, max_metadata_bytes)
 // tls: None, or (cert_pem, key_pem, client_ca_pem or None).
 int Init(PyObject* object, PyObject* args, PyObject*) {
   auto* self = reinterpret_cast<FrontendObject*>(object);
   const char* address;
   const char* backend;
   PyObject* methods;
-  int max_message, max_concurrent, share_port;
+  int max_message, max_concurrent, share_port, max_metadata;
   PyObject* tls;
-  if (!PyArg_ParseTuple(args, "ssOiipO", &address, &backend, &methods, &max_message, &max_concurrent, &share_port,
-                        &tls))
+  if (!PyArg_ParseTuple(args, "ssOiipOi", &address, &backend, &methods, &max_message, &max_concurrent, &share_port,
+                        &tls, &max_metadata))
     return -1;
   Frontend* frontend = self->frontend;
   frontend->address = address;
   frontend->backend = backend;
   frontend->max_message_bytes = max_message;
   frontend->max_concurrent = max_concurrent;
+  frontend->max_metadata_bytes = max_metadata;
   frontend->share_port = share_port != 0;
   PyObject* iterator = PyObject_GetIter(methods);
   if (iterator == nullptr) return -1;
@@ -656,7 +657,7 @@ PyObject* Start(PyObject* object, PyObject*) {
   // No bandwidth probing towards the backend: its flow-control window stays at the default, so a stream whose
   // backend has stopped reading (serving.servicers.kserve.MAX_STREAM_BYTES) holds little more in the relay.
   channel_args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  channel_args.SetInt(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
+  channel_args.SetInt(GRPC_ARG_MAX_METADATA_SIZE, 2 * frontend->max_metadata_bytes);  // the relay adds a little
   auto channel = grpc::CreateCustomChannel(frontend->backend, grpc::InsecureChannelCredentials(), channel_args);
   frontend->stub = std::make_unique<grpc::GenericStub>(channel);
   frontend->fast_service = std::make_unique<FastService>(frontend, frontend->fast_methods);
@@ -677,7 +678,7 @@ PyObject* Start(PyObject* object, PyObject*) {
   builder.SetMaxReceiveMessageSize(frontend->max_message_bytes);
   builder.SetMaxSendMessageSize(frontend->max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, frontend->share_port ? 1 : 0);
-  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, frontend->max_metadata_bytes);
   builder.RegisterService(frontend->fast_service.get());
   builder.RegisterCallbackGenericService(frontend->proxy_service.get());
   frontend->server = builder.BuildAndStart();
