@@ -46,6 +46,8 @@ _RESERVED = {"utils", "src", "__pycache__"}
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # How often a draining app checks whether its last admitted request has been answered.
 _DRAIN_POLL_S = 0.01
+#: How long closing an app waits for its inference thread to end (seconds).
+THREAD_END_WAIT_S = 2.0
 
 
 def module_name_for(app):
@@ -245,12 +247,18 @@ class App:
         return not self.batcher.pending
 
     async def close(self):
+        """Stop the batcher (what is still waiting gets 503) and the inference thread. The thread ends after the
+        call it is running: it is waited for up to THREAD_END_WAIT_S, so that a reload or an unload answers once
+        the retired version's thread (and what it holds, its model) is gone; a stuck net_inference is not."""
         if self.batcher is not None:
             await self.batcher.stop()
         if self._preprocess_executor is not None:
             self._preprocess_executor.shutdown(wait=False, cancel_futures=True)
         if self._inference_thread is not None:
             self._inference_thread.shutdown()
+            if not await self._inference_thread.wait_ended(THREAD_END_WAIT_S):
+                log.warning("app %s: its inference thread is still in net_inference; left to end on its own",
+                            self.name)
         if self.state != FAILED:
             self.state = STOPPED
 

@@ -60,6 +60,12 @@ class WorkerThread:
                     pass  # its loop has closed
         self._jobs.put(_STOP)
 
+    async def wait_ended(self, timeout):
+        """Wait (without blocking the event loop) until the thread has ended after `shutdown`, for at most
+        `timeout` seconds; True when it has. A call still running (a stuck net_inference) keeps it alive."""
+        await asyncio.to_thread(self._thread.join, timeout)
+        return not self._thread.is_alive()
+
     def _work(self):
         while True:
             job = self._jobs.get()
