@@ -398,20 +398,22 @@ def test_a_tmpdir_too_long_for_a_socket_address_is_passed_over(tmp_path):
 def test_the_socket_folders_of_dead_workers_are_removed(tmp_path):
     # A worker killed before it could stop leaves its folder; the next one removes those whose socket nobody
     # listens on, once a minute old, and leaves the rest alone.
-    def folder(name, listening=False, age_s=120):
+    def folder(name, listening=False, age_s=120, bound=True):
         path = tmp_path / name
         path.mkdir(mode=0o700)
-        sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(path / "grpc.sock"))
-        if listening:
-            sock.listen()
-            kept.append(sock)
-        else:
-            sock.close()
+        if bound:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(path / "grpc.sock"))
+            if listening:
+                sock.listen()
+                kept.append(sock)
+            else:
+                sock.close()
         os.utime(path, (time.time() - age_s,) * 2)
 
     kept = []
     folder("serving-grpc-dead")
+    folder("serving-grpc-never-bound", bound=False)  # a worker that died before it bound its socket
     folder("serving-grpc-young", age_s=0)
     folder("serving-grpc-alive", listening=True)
     folder("other-dead")
@@ -419,7 +421,8 @@ def test_the_socket_folders_of_dead_workers_are_removed(tmp_path):
                            env={"TMPDIR": str(tmp_path)})
     try:
         mine = set(socket_folders(tmp_path)) - {"serving-grpc-young", "serving-grpc-alive"}
-        assert len(mine) == 1 and not (tmp_path / "serving-grpc-dead").exists(), socket_folders(tmp_path)
+        assert len(mine) == 1, socket_folders(tmp_path)
+        assert not (tmp_path / "serving-grpc-dead").exists() and not (tmp_path / "serving-grpc-never-bound").exists()
         assert (tmp_path / "other-dead").exists()
         (mine,) = mine
         assert (tmp_path / mine).stat().st_mode & 0o777 == 0o700

@@ -6,7 +6,7 @@ whole request path; a worker behind it tops out near 3,000 calls/s on a small mo
 never hold the GIL:
 
 - the fast methods (:data:`FAST_METHODS`: KServe ModelInfer and the native Infer, the calls that carry
-  inferences) reach the event loop as (id, request bytes, metadata, timeout) tuples, many per wake-up, and run
+  inferences) reach the event loop as (id, request bytes, metadata, deadline) tuples, many per wake-up, and run
   the very handlers the grpc.aio server registered, behind the same interceptors (token authentication), with a
   :class:`FastContext` standing in for grpc.aio's context;
 - every other method (streams, health, reflection, the store, tasks, the repository API) is relayed message by
@@ -42,8 +42,8 @@ FAST_METHODS = ("/inference.GRPCInferenceService/ModelInfer", "/serving.v1.Infer
 
 MODES = ("auto", "native", "python")
 
-#: The most metadata a call may carry through the native front end (frontend.cc's kMaxMetadataBytes): grpc.aio's
-#: hard limit, below which grpc.aio itself refuses calls only now and then (over its "soft" limit of 8 KiB).
+#: The most metadata a call may carry through the native front end (handed to frontend.cc): grpc.aio's hard limit,
+#: below which grpc.aio itself refuses calls only now and then (over its "soft" limit of 8 KiB).
 MAX_METADATA_BYTES = 16 * 1024
 
 _REQUEST, _CANCEL = 0, 1
@@ -125,10 +125,11 @@ def _remove_dead_folders(parent):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
-        except ConnectionRefusedError:  # a socket file nobody listens on: its process is gone
+        except (ConnectionRefusedError, FileNotFoundError):
+            # A socket file nobody listens on, or none a minute after the folder was made: its process is gone.
             shutil.rmtree(entry.path, ignore_errors=True)
         except OSError:
-            pass  # no socket yet (a server starting), or one that is busy: not ours to judge
+            pass  # one that is busy (its backlog full): not ours to judge
         finally:
             probe.close()
 

@@ -3,15 +3,17 @@
 // Why: grpc.aio spends about 0.3 ms of the event loop's CPU on every call before our code runs (its Cython
 // layer, asyncio futures, the poller thread's hand-off), which caps a Python worker at about 3,000 calls/s
 // whatever the model. Here gRPC runs on C++ threads that never hold the GIL; the hot unary methods (the
-// "fast methods": KServe ModelInfer and the native Infer) reach Python as plain (id, bytes, metadata, timeout)
-// tuples, many per wake-up, and their answers go back through one call each. Every other method, streams and
-// health included, is proxied byte for byte to the worker's grpc.aio server on a private Unix socket, so its
-// behaviour is exactly what the grpc.aio server gives.
+// "fast methods": KServe ModelInfer and the native Infer) reach Python as plain (id, bytes, metadata, deadline)
+// tuples, many per wake-up, and their answers go back through one call each, written by a thread of this file's
+// (the finisher). Every other method, streams and health included, is relayed message by message to the worker's
+// grpc.aio server on a private Unix socket, so its behaviour is exactly what the grpc.aio server gives. Metadata
+// a peer may send but gRPC would not let us send on is never passed on (IsSendable).
 //
 // The Python side (serving/frontend/__init__.py) owns the protocol logic; this file knows no message types.
 //
-// Threads: gRPC's own threads run every reaction below. Python calls `take`, `respond` and `shutdown` from its
-// event loop's thread (shutdown from a helper thread, see Python). Shared state is under `mu_`.
+// Threads: gRPC's own threads run every reaction below. Python calls `take` and `respond` from its event loop's
+// thread, `shutdown` from a helper thread (see Python). The Frontend's shared state is under `mu` (calls and
+// events) and `reply_mu` (answers for the finisher); a ProxyCall's under its own `mu_`.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
