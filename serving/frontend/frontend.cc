@@ -52,7 +52,6 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;
 // (serving.errors.CONCURRENCY_LIMIT_DETAILS).
 const char kConcurrencyLimit[] = "Concurrent RPC limit exceeded!";
 
-
 enum EventKind { kRequest = 0, kCancel = 1 };
 
 struct Event {
@@ -130,7 +129,7 @@ struct Reply {
   grpc::Slice payload;
 };
 
-// One call of a fast method: in `pending_` until Python answers it (or it is cancelled).
+// One call of a fast method: in the Frontend's `pending` until Python answers it (or it is cancelled).
 class FastCall final : public grpc::ServerUnaryReactor {
  public:
   FastCall(Frontend* frontend, grpc::CallbackServerContext* context, ByteBuffer* response)
@@ -188,7 +187,6 @@ class ProxyCall final : public grpc::ServerGenericBidiReactor {
   bool reading_ = true;          // the backend call's read hold is held
   bool backend_done_ = false;    // Backend::OnDone ran: no more operations on the backend call
   bool initial_sent_ = false;    // the caller has been sent (or will be sent with the first write) initial metadata
-  bool backend_initial_ = false; // the backend's initial metadata arrived
   std::atomic<int> refs_{2};     // the server side and the backend side, each released by its OnDone
 };
 
@@ -509,7 +507,6 @@ void ProxyCall::Backend::OnReadInitialMetadataDone(bool ok) {
   if (!ok || call_->initial_sent_) return;
   for (auto& kv : CopyMetadata(call_->client_context_.GetServerInitialMetadata()))
     call_->context_->AddInitialMetadata(kv.first, kv.second);
-  call_->backend_initial_ = true;
 }
 
 void ProxyCall::Backend::OnReadDone(bool ok) {
