@@ -581,6 +581,32 @@ def test_cli_refuses_what_it_cannot_read_or_store_with_exit_2(tmp_path):
     assert [p for p in (data_dir / "blobs").rglob("*") if p.is_file()] == []
 
 
+def test_cli_dataset_show_output_imports_into_another_store_and_references_in_its_own(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    coco_path = make_coco(tmp_path)
+    shown_id = run_cli("dataset", "import", "--coco", coco_path, "--images", tmp_path / "images",
+                       data_dir=first).stdout.splitlines()[-1]
+    shown = tmp_path / "shown.json"
+    shown.write_text(run_cli("dataset", "show", shown_id, data_dir=first).stdout)
+    first_ids = [image["store_id"] for image in json.loads(shown.read_text())["images"]]
+
+    copied_id = run_cli("dataset", "import", "--coco", shown, "--images", tmp_path / "images",
+                        data_dir=second).stdout.splitlines()[-1]
+    copied = json.loads(run_cli("dataset", "show", copied_id, data_dir=second).stdout)
+    second_ids = [image["store_id"] for image in copied["images"]]
+    assert set(second_ids).isdisjoint(first_ids)
+    for image, store_id in zip(copied["images"], second_ids):
+        record = json.loads(run_cli("store", "get", store_id, "--record", data_dir=second).stdout)
+        assert record["kind"] == "image" and record["meta"]["file_name"] == image["file_name"]
+
+    # In its own store the same file references the stored images: one new document, the dataset.
+    again_id = run_cli("dataset", "import", "--coco", shown, "--images", tmp_path / "images",
+                       data_dir=first).stdout.splitlines()[-1]
+    again = json.loads(run_cli("dataset", "show", again_id, data_dir=first).stdout)
+    assert [image["store_id"] for image in again["images"]] == first_ids
+    assert len(run_cli("store", "ls", data_dir=first).stdout.splitlines()) == len(first_ids) + 2
+
+
 def test_cli_ls_prints_every_document_page_by_page(tmp_path):
     data_dir = tmp_path / "var"
     with Store(data_dir) as store:

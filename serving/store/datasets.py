@@ -291,6 +291,10 @@ def import_coco(store, coco_path, images_dir):
     document, and referenced from the dataset by "store_id". All or nothing: on any problem (unreadable or
     undecodable image, box outside its image, unknown category, ...) no document of this import is committed
     and the blobs already written are removed; StoreError 400 lists the problems.
+
+    An image that carries a "store_id" references that image of this store instead of a file; one whose
+    store id names nothing here and that has a "file_name" is imported from the file, so what
+    `serving dataset show` prints in one store imports into another.
     """
     coco = _read_coco(coco_path)
     images_dir = Path(images_dir)
@@ -307,9 +311,13 @@ def import_coco(store, coco_path, images_dir):
     with store.transaction():
         for index, image in enumerate(images):
             name = image.get("file_name") if isinstance(image, dict) else None
-            if not isinstance(image, dict) or "store_id" in image or not isinstance(name, str) or not name:
+            if (not isinstance(image, dict) or not isinstance(name, str) or not name
+                    or ("store_id" in image and not _foreign_id(store, image["store_id"]))):
                 new_images.append(image)  # validate_coco reports what is wrong or checks the store id
                 continue
+            # A store id this store lacks, beside a file name, is what `dataset show` printed in another
+            # store: the file is imported and the foreign id dropped. An id of this store is referenced.
+            image = {key: value for key, value in image.items() if key != "store_id"}
             label = _image_label(index, image)
             try:
                 path = _image_file(images_dir, name)
@@ -350,6 +358,17 @@ def import_coco(store, coco_path, images_dir):
         refs = [image["store_id"] for image in new_images]
         meta = {"source": Path(coco_path).name, **summary}
         return store._put_json(dataset, DATASET_KIND, meta, refs=refs)
+
+
+def _foreign_id(store, store_id):
+    """Whether `store_id` is a well-formed id that names nothing in `store` (another store's, most likely)."""
+    if not (isinstance(store_id, str) and is_valid_id(store_id)):
+        return False
+    try:
+        store.get(store_id)
+    except StoreError as exc:
+        return exc.code == NOT_FOUND
+    return False
 
 
 def load_dataset(store, dataset_id):
