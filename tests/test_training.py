@@ -448,8 +448,8 @@ def _saved(value):
 @pytest.mark.parametrize("document", [
     b"not a checkpoint at all", b"", b"PK\x03\x04 a broken zip",
     _saved({"when": datetime.date(2020, 1, 1)}),  # readable only by unpickling an arbitrary class
-    None,
-], ids=["text", "empty", "broken-zip", "arbitrary-object", "none"])
+    None, {"model": {}, "iteration": 3},
+], ids=["text", "empty", "broken-zip", "arbitrary-object", "none", "untagged-dict"])
 def test_what_is_not_a_checkpoint_is_refused_without_advising_an_unsafe_load(document):
     from serving.training.trainer import load_state, model_from_state
 
@@ -460,6 +460,18 @@ def test_what_is_not_a_checkpoint_is_refused_without_advising_an_unsafe_load(doc
         assert "weights_only" not in str(info.value)
         # Nor in the traceback of a failed task: the torch error is not chained.
         assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_exporting_a_snapshot_reads_its_checkpoint_once(tmp_path, trained, monkeypatch):
+    """A snapshot is tens of MB: the app export (`mvp_rpc.export_model`) reads it once, not once per step."""
+    from evals.mvp_detector.eval import export
+
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(1) or real_load(*args, **kwargs))
+    export(trained[1].checkpoints[-1][1], {}, tmp_path / "app")
+    assert len(reads) == 1
+    assert (tmp_path / "app" / "model.onnx").stat().st_size > 0
 
 
 def test_grey_and_bgra_images_train_and_a_malformed_one_is_named(data):

@@ -206,8 +206,8 @@ def export(model_bytes, meta, out_dir):
     from serving.training.trainer import load_state
 
     try:
-        load_state(model_bytes)
+        state = load_state(model_bytes)
     except ValueError as error:
         # Bad input (400), not an export that broke (500 with a traceback).
         raise JobError(BAD_PARAMS, str(error)) from None
-    export_app(model_bytes, None, out_dir)
+    export_app(state, None, out_dir)  # the dict: the checkpoint is read once

@@ -31,11 +31,12 @@ def export_onnx(state_bytes, params, path):
     """Export the checkpoint's network to ``path`` (written atomically); returns the path.
 
     Input ``image`` N x 3 x S x S float32 (``detector_ops.preprocess`` output); outputs ``heatmap``
-    (probabilities), ``size`` and ``offset``, with a dynamic batch dimension. ``params`` None means the
-    checkpoint's own.
+    (probabilities), ``size`` and ``offset``, with a dynamic batch dimension. ``state_bytes`` may also be
+    the dict ``load_state`` made of them; ``params`` None means the checkpoint's own.
     """
-    params = params or _saved_params(state_bytes)
-    model, _ = model_from_state(state_bytes, params)
+    state = load_state(state_bytes)
+    params = params or TrainParams.from_dict(state["params"])
+    model, _ = model_from_state(state, params)
     size = params.input_size
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,14 +60,11 @@ def export_onnx(state_bytes, params, path):
     return path
 
 
-def _saved_params(state_bytes):
-    return TrainParams.from_dict(load_state(state_bytes)["params"])
-
-
 def export_app(state_bytes, params, out_dir, classes=None, *, score_threshold=detector_ops.DEFAULT_SCORE_THRESHOLD,
                top_k=detector_ops.DEFAULT_TOP_K, batch_size=DEFAULT_APP_BATCH_SIZE):
     """Write a complete app folder for the checkpoint into ``out_dir``; returns its path.
 
+    ``state_bytes`` is the checkpoint's bytes or the dict ``load_state`` made of them (read once either way).
     ``classes`` default to the checkpoint's (and must match their number when given); ``params`` None
     means the checkpoint's own. The folder's name is the app's name when it is put in an evals dir.
     """
@@ -77,7 +75,7 @@ def export_app(state_bytes, params, out_dir, classes=None, *, score_threshold=de
         raise ValueError(f"{len(classes)} class names given, the checkpoint has {len(saved['classes'])} classes")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_onnx(state_bytes, params, out_dir / "model.onnx")
+    export_onnx(saved, params, out_dir / "model.onnx")
     shutil.copyfile(Path(detector_ops.__file__), out_dir / "detector_ops.py")
     shutil.copyfile(_TEMPLATE_DIR / "eval.py", out_dir / "eval.py")
     (out_dir / "__init__.py").write_text("")

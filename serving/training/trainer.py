@@ -343,8 +343,15 @@ def load_state(state_bytes):
     """A checkpoint's dict (format, params, classes, iteration, model, optimizer, torch_rng, metrics).
 
     ValueError "not a serving.training checkpoint: ..." for anything else: bytes torch cannot read, or can
-    read only by unpickling arbitrary objects, or a torch file without this trainer's format tag.
+    read only by unpickling arbitrary objects, or a torch file without this trainer's format tag. A dict this
+    function returned is taken as it is, so a caller that reads a checkpoint once can pass the dict on
+    (:func:`model_from_state`, :func:`serving.training.export.export_app`) instead of reading the bytes again.
     """
+    if isinstance(state_bytes, dict):
+        if state_bytes.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a serving.training checkpoint: a dict without this trainer's format tag "
+                             f"{CHECKPOINT_FORMAT!r}")
+        return state_bytes
     if not isinstance(state_bytes, (bytes, bytearray, memoryview)):
         raise ValueError(f"not a serving.training checkpoint: expected bytes, got {type(state_bytes).__name__}")
     try:
@@ -371,7 +378,8 @@ def architecture(params):
 
 
 def model_from_state(state_bytes, params=None):
-    """The detector of a checkpoint, in eval mode, and its class names. ``params`` default to the saved ones."""
+    """The detector of a checkpoint (bytes, or the dict :func:`load_state` made of them), in eval mode, and its
+    class names. ``params`` default to the saved ones."""
     state = load_state(state_bytes)
     params = params or TrainParams.from_dict(state["params"])
     model = build_model(params, len(state["classes"]))
