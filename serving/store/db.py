@@ -194,14 +194,18 @@ def _surrogate_at(value):
     return None
 
 
-def _to_json_bytes(value, where):
-    """`value` as compact UTF-8 JSON; StoreError 400 naming the problem when it has no such form."""
+def _json_dumps(value, where):
+    """`value` as compact JSON text; StoreError 400 naming the problem when it has no such form."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise StoreError(BAD_REQUEST, f"{where}: not JSON-serializable: {exc}") from None
     except RecursionError:
         raise StoreError(BAD_REQUEST, f"{where}: nests too deeply to be stored as JSON") from None
+
+
+def _utf8(text, value, where):
+    """The UTF-8 bytes of `value`'s JSON `text`; StoreError 400 when it holds a lone surrogate."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -213,8 +217,17 @@ def _to_json_bytes(value, where):
                                       "stored as UTF-8 text") from None
 
 
+def _to_json_bytes(value, where):
+    """`value` as compact UTF-8 JSON; StoreError 400 naming the problem when it has no such form."""
+    return _utf8(_json_dumps(value, where), value, where)
+
+
 def _to_json_text(value, where):
-    return _to_json_bytes(value, where).decode("utf-8")
+    """`value` as compact JSON text that has a UTF-8 form (SQLite stores text as UTF-8); errors as above."""
+    text = _json_dumps(value, where)
+    if not text.isascii():  # only non-ASCII text can hold a surrogate: check it, keep the text
+        _utf8(text, value, where)
+    return text
 
 
 def check_position(position):
