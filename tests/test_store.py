@@ -606,6 +606,13 @@ def test_cli_dataset_show_output_imports_into_another_store_and_references_in_it
     assert [image["store_id"] for image in again["images"]] == first_ids
     assert len(run_cli("store", "ls", data_dir=first).stdout.splitlines()) == len(first_ids) + 2
 
+    # Neither in the store nor on disk: both are said.
+    (tmp_path / "images" / "a.png").unlink()
+    failed = run_cli("dataset", "import", "--coco", shown, "--images", tmp_path / "images", data_dir=tmp_path / "third",
+                     expect=2)
+    assert (f"image 1 ('a.png'): missing image file {tmp_path / 'images' / 'a.png'}: No such file or directory "
+            f"(and its store_id {first_ids[0]} names nothing in this store)") in failed.stderr, failed.stderr
+
 
 def test_cli_ls_prints_every_document_page_by_page(tmp_path):
     data_dir = tmp_path / "var"

@@ -317,6 +317,7 @@ def import_coco(store, coco_path, images_dir):
                 continue
             # A store id this store lacks, beside a file name, is what `dataset show` printed in another
             # store: the file is imported and the foreign id dropped. An id of this store is referenced.
+            foreign = image.get("store_id")
             image = {key: value for key, value in image.items() if key != "store_id"}
             label = _image_label(index, image)
             try:
@@ -331,7 +332,8 @@ def import_coco(store, coco_path, images_dir):
                 try:
                     data = path.read_bytes()
                 except OSError as exc:
-                    problems.append(f"{label}: missing image file {path}: {exc.strerror}")
+                    unknown = f" (and its store_id {foreign} names nothing in this store)" if foreign else ""
+                    problems.append(f"{label}: missing image file {path}: {exc.strerror}{unknown}")
                     continue
                 try:
                     facts = inspect_image(data, where=label)
