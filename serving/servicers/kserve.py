@@ -222,27 +222,35 @@ def _parameter_value(parameter):
     return getattr(parameter, kind) if kind else None
 
 
-# Triton's own request parameters and the kinds Triton takes for each: another kind is INVALID_ARGUMENT, as Triton
-# answers it, rather than reaching the eval as something it did not ask for (`timeout`: request_timeout_s).
+# Triton's own request parameters and the kinds Triton takes for each (and whether an int64 must be >= 0): another
+# kind is INVALID_ARGUMENT, as Triton answers it, rather than reaching the eval as something it did not ask for.
+# `timeout` is checked where it is read (request_timeout_s).
 _TRITON_PARAMETERS = {
-    "priority": ("int64_param", "uint64_param"),
-    "sequence_id": ("int64_param", "uint64_param", "string_param"),
-    "sequence_start": ("bool_param",),
-    "sequence_end": ("bool_param",),
+    "priority": (("int64_param", "uint64_param"), True),
+    "sequence_id": (("int64_param", "uint64_param", "string_param"), False),
+    "sequence_start": (("bool_param",), False),
+    "sequence_end": (("bool_param",), False),
 }
 
 
+def _triton_parameter(parameters, key, kinds, non_negative, expected=None):
+    """The value of the request parameter `key` (None when absent); ServingError 400 saying what was `expected`
+    (default: the kinds) when it is of another kind or, `non_negative`, an int64 below 0."""
+    parameter = parameters.get(key)
+    if parameter is None:
+        return None
+    kind = parameter.WhichOneof("parameter_choice")
+    value = _parameter_value(parameter)
+    if kind not in kinds or (non_negative and kind == "int64_param" and value < 0):
+        expected = expected or " or ".join(kinds) + (" >= 0" if non_negative else "")
+        raise ServingError(BAD_REQUEST, f"parameter {key!r} must be {expected}, got {kind or 'no value'} "
+                                        f"{repr(value)[:40]}")
+    return value
+
+
 def _check_triton_parameters(parameters):
-    for key, kinds in _TRITON_PARAMETERS.items():
-        parameter = parameters.get(key)
-        if parameter is None:
-            continue
-        kind = parameter.WhichOneof("parameter_choice")
-        value = _parameter_value(parameter)
-        if kind not in kinds or (kind == "int64_param" and key == "priority" and value < 0):
-            raise ServingError(BAD_REQUEST, f"parameter {key!r} must be {' or '.join(kinds)}"
-                                            f"{' >= 0' if key == 'priority' else ''}, got {kind or 'no value'} "
-                                            f"{repr(value)[:40]}")
+    for key, (kinds, non_negative) in _TRITON_PARAMETERS.items():
+        _triton_parameter(parameters, key, kinds, non_negative)
 
 
 def request_params(request):
@@ -337,15 +345,10 @@ def request_timeout_s(request, context):
     """The caller's remaining time: the gRPC deadline, capped by a `timeout` parameter in microseconds (0: none,
     as in Triton). ServingError 400 for a `timeout` of another type or below 0, which Triton refuses too."""
     remaining = context.time_remaining()
-    timeout = request.parameters.get("timeout") if request.parameters else None
-    if timeout is not None:
-        kind = timeout.WhichOneof("parameter_choice")
-        micros = _parameter_value(timeout)
-        if kind not in ("int64_param", "uint64_param") or micros < 0:
-            raise ServingError(BAD_REQUEST, "parameter 'timeout' must be an int64_param of microseconds >= 0 "
-                                            f"(0: no timeout), got {kind or 'no value'} {repr(micros)[:40]}")
-        if micros > 0:
-            remaining = micros / 1e6 if remaining is None else min(remaining, micros / 1e6)
+    micros = _triton_parameter(request.parameters, "timeout", ("int64_param", "uint64_param"), True,
+                               "an int64_param of microseconds >= 0 (0: no timeout)")
+    if micros:
+        remaining = micros / 1e6 if remaining is None else min(remaining, micros / 1e6)
     return remaining
 
 
